@@ -92,3 +92,22 @@ class RequestOutput:
     num_cached_tokens: int
     prompt_logprobs: list[TokenLogprob | None] | None = None
     finished: bool = False  # every sequence of the request has finished
+    queue_time: float | None = None  # seconds from arrival to first scheduled (on the first output)
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """A snapshot for /metrics and /get_server_info. Counters are cumulative since start."""
+
+    num_running: int
+    num_waiting: int
+    num_total_pages: int
+    num_used_pages: int  # pages referenced by live requests (cached-but-free pages not counted)
+    page_size: int
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int  # of those, tokens found
+    num_preemptions: int
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return self.num_used_pages / self.num_total_pages if self.num_total_pages else 0.0
