@@ -1,0 +1,285 @@
+"""IncrementalDetokenizer: streaming equals a full decode, multi-byte characters, stop strings."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+from fleetserve.runtime.engine.detokenizer import DetokenizerDelta, IncrementalDetokenizer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+REPLACEMENT = "\ufffd"
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+PLAIN_ADDED_TOKEN = "<tool_call>"
+TRAINING_TEXT = [
+    "The quick brown fox jumps over the lazy dog. Hello world, hello server!",
+    "naïve café crème brûlée déjà vu, Straße schön über Größe, niño mañana corazón",
+    "你好世界 今天天气很好 我们一起学习中文 模型 服务器 缓存 请求 北京 上海 谢谢",
+    "こんにちは ありがとう 東京 日本語 안녕하세요 감사합니다 서울",
+    "emoji 🙂 😀 👍 🚀 🔥 ✨ 🌍 🐍 👩‍💻 🇫🇷 done. STOP here. <END> of text.",
+    '{"key": [1, 2, 3], "value": null} def f(x): return x + 1',
+] * 20
+
+
+@functools.lru_cache(maxsize=1)
+def _build_tokenizer() -> PreTrainedTokenizerFast:
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL_TOKENS])
+    backend.add_tokens([AddedToken(PLAIN_ADDED_TOKEN, normalized=False, special=False)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return _build_tokenizer()
+
+
+def _byte_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[int, int]:
+    """Byte value → id of the single-byte token (GPT-2's printable byte alphabet, rebuilt here)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars = {b: chr(b) for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + shifted)
+            shifted += 1
+    vocab = tokenizer.get_vocab()
+    return {b: vocab[c] for b, c in chars.items()}
+
+
+def _ids_for_bytes(tokenizer: PreTrainedTokenizerFast, data: bytes) -> list[int]:
+    byte_ids = _byte_token_ids(tokenizer)
+    return [byte_ids[b] for b in data]
+
+
+def _stream(
+    detok: IncrementalDetokenizer, ids: list[int], chunk_sizes: list[int] | None = None
+) -> list[DetokenizerDelta]:
+    sizes = iter(chunk_sizes or [])
+    deltas, position = [], 0
+    while position < len(ids):
+        size = max(1, next(sizes, 1))
+        deltas.append(detok.add_tokens(ids[position : position + size]))
+        position += size
+    return deltas
+
+
+def test_character_split_over_byte_tokens_is_emitted_whole(tokenizer):
+    ids = _ids_for_bytes(tokenizer, "a中🙂".encode())
+    detok = IncrementalDetokenizer(tokenizer, [])
+    texts = [delta.text for delta in _stream(detok, ids)]
+    assert texts == ["a", "", "", "中", "", "", "", "🙂"]
+    assert detok.flush() == ""
+    assert detok.output_text == "a中🙂"
+
+
+@pytest.mark.parametrize("text", ["naïve café 中文 🙂👍 done", "👩‍💻🇫🇷 über Größe", "plain ascii text"])
+def test_streamed_text_equals_full_decode_without_replacement_chars(tokenizer, text):
+    ids = tokenizer.encode(text)
+    detok = IncrementalDetokenizer(tokenizer, tokenizer.encode("prompt: "))
+    deltas = _stream(detok, ids)
+    assert all(REPLACEMENT not in delta.text for delta in deltas)
+    assert "".join(d.text for d in deltas) + detok.flush() == tokenizer.decode(ids) == text
+
+
+def test_invalid_bytes_are_released_by_flush(tokenizer):
+    ids = _ids_for_bytes(tokenizer, b"ok\xe4\xb8")  # ends inside a character
+    detok = IncrementalDetokenizer(tokenizer, [])
+    assert "".join(d.text for d in _stream(detok, ids)) == "ok"
+    assert detok.flush() == REPLACEMENT
+    assert detok.output_text == tokenizer.decode(ids) == "ok" + REPLACEMENT
+
+
+def test_permanent_replacement_char_is_emitted_once_later_text_arrives(tokenizer):
+    ids = _ids_for_bytes(tokenizer, b"a\x80b")  # a lone continuation byte
+    detok = IncrementalDetokenizer(tokenizer, [])
+    assert [d.text for d in _stream(detok, ids)] == ["a", "", REPLACEMENT + "b"]
+
+
+def test_prompt_ending_inside_a_character_does_not_corrupt_output(tokenizer):
+    prompt = _ids_for_bytes(tokenizer, b"x" + "中".encode()[:2])
+    output = _ids_for_bytes(tokenizer, "中".encode()[2:] + b"ab")
+    detok = IncrementalDetokenizer(tokenizer, prompt)
+    _stream(detok, output)
+    detok.flush()
+    assert detok.output_text == tokenizer.decode(output) == REPLACEMENT + "ab"
+
+
+def test_leading_space_of_first_output_token_is_kept(tokenizer):
+    prompt = tokenizer.encode("Hello")
+    output = tokenizer.encode(" world")
+    detok = IncrementalDetokenizer(tokenizer, prompt)
+    assert "".join(d.text for d in _stream(detok, output)) == " world"
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_special_tokens(tokenizer, skip):
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tool = tokenizer.convert_tokens_to_ids(PLAIN_ADDED_TOKEN)
+    ids = [*tokenizer.encode("Hi 🙂"), tool, *tokenizer.encode(" there"), im_end]
+    detok = IncrementalDetokenizer(tokenizer, [], skip_special_tokens=skip)
+    text = "".join(d.text for d in _stream(detok, ids)) + detok.flush()
+    assert text == tokenizer.decode(ids, skip_special_tokens=skip)
+    assert ("<|im_end|>" in text) is not skip
+    assert PLAIN_ADDED_TOKEN in text
+
+
+def test_stop_string_across_token_boundaries(tokenizer):
+    ids = [
+        *tokenizer.encode("Hello world. "),
+        *_ids_for_bytes(tokenizer, b"ST"),
+        *_ids_for_bytes(tokenizer, b"OP"),
+    ]
+    ids += tokenizer.encode(" after")
+    detok = IncrementalDetokenizer(tokenizer, [], stop=["STOP"])
+    deltas = _stream(detok, ids)
+    assert [d.stop_str for d in deltas].count("STOP") == 1
+    assert "".join(d.text for d in deltas) == "Hello world. "
+    assert detok.output_text == "Hello world. "
+    assert detok.stop_str == "STOP"
+    assert detok.add_tokens(tokenizer.encode("more")) == DetokenizerDelta("", None)
+    assert detok.flush() == ""
+
+
+def test_stop_string_included_in_output(tokenizer):
+    detok = IncrementalDetokenizer(tokenizer, [], stop=["<END>"], include_stop_str_in_output=True)
+    deltas = _stream(detok, tokenizer.encode("text <END> tail"))
+    assert "".join(d.text for d in deltas) == "text <END>"
+    assert [d.stop_str for d in deltas if d.stop_str] == ["<END>"]
+
+
+def test_possible_stop_prefix_is_held_back_until_resolved(tokenizer):
+    detok = IncrementalDetokenizer(tokenizer, [], stop=["<END>"])
+    assert detok.add_tokens(_ids_for_bytes(tokenizer, b"abc<EN")).text == "abc"
+    assert detok.add_tokens(_ids_for_bytes(tokenizer, b"X")).text == "<ENX"
+    assert detok.add_tokens(_ids_for_bytes(tokenizer, b"<")).text == ""
+    assert detok.flush() == "<"
+    assert detok.output_text == "abc<ENX<"
+    assert detok.stop_str is None
+
+
+def test_partial_stop_then_stop(tokenizer):
+    detok = IncrementalDetokenizer(tokenizer, [], stop=["###"])
+    assert detok.add_tokens(_ids_for_bytes(tokenizer, b"a##")).text == "a"
+    assert detok.add_tokens(_ids_for_bytes(tokenizer, b"#b")) == DetokenizerDelta("", "###")
+    assert detok.output_text == "a"
+
+
+def test_stop_completing_first_wins(tokenizer):
+    detok = IncrementalDetokenizer(tokenizer, [], stop=["world", "o w", "hello"])
+    delta = detok.add_tokens(tokenizer.encode("say hello world"))
+    assert delta == DetokenizerDelta("say ", "hello")
+    detok = IncrementalDetokenizer(tokenizer, [], stop=["abcd", "bc"])
+    assert detok.add_tokens(tokenizer.encode("xabcde")) == DetokenizerDelta("xa", "bc")
+
+
+def _first_stop(text: str, stops: list[str]) -> tuple[int, str] | None:
+    """Reference: the occurrence that ends first (then starts first), by brute force."""
+    matches = [(i + len(s), i, s) for s in stops if s for i in range(len(text)) if text.startswith(s, i)]
+    if not matches:
+        return None
+    _, start, stop = min(matches)
+    return start, stop
+
+
+def _check_stream(tokenizer, ids, chunk_sizes, stops, include, skip):
+    detok = IncrementalDetokenizer(
+        tokenizer, [], skip_special_tokens=skip, stop=stops, include_stop_str_in_output=include
+    )
+    released = ""
+    for delta in _stream(detok, ids, chunk_sizes):
+        released += delta.text
+        if detok.stop_str is None:
+            # Neither a stop string nor the beginning of one has been emitted.
+            assert not any(s in released for s in stops)
+            assert not any(released.endswith(s[:k]) for s in stops for k in range(1, len(s)))
+    released += detok.flush()
+    full = tokenizer.decode(ids, skip_special_tokens=skip)
+    match = _first_stop(full, stops)
+    if match is None:
+        assert released == full and detok.stop_str is None
+    else:
+        start, stop = match
+        assert released == full[: start + (len(stop) if include else 0)]
+        assert detok.stop_str == stop
+    assert detok.output_text == released
+
+
+VOCAB_SIZE = len(_build_tokenizer())
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FAST
+@given(
+    ids=st.lists(st.integers(0, VOCAB_SIZE - 1), max_size=40),
+    chunk_sizes=st.lists(st.integers(1, 5), max_size=40),
+    skip=st.booleans(),
+    prompt=st.lists(st.integers(0, VOCAB_SIZE - 1), max_size=8),
+)
+def test_random_ids_stream_equals_full_decode(tokenizer, ids, chunk_sizes, skip, prompt):
+    if tokenizer.decode(prompt).endswith(REPLACEMENT):
+        prompt = []  # a prompt cut inside a character changes how the first output bytes decode
+    detok = IncrementalDetokenizer(tokenizer, prompt, skip_special_tokens=skip)
+    streamed = "".join(d.text for d in _stream(detok, ids, chunk_sizes)) + detok.flush()
+    assert streamed == tokenizer.decode(ids, skip_special_tokens=skip)
+
+
+@FAST
+@given(
+    text=st.text(st.characters(exclude_categories=["Cs"]), max_size=30),
+    chunk_sizes=st.lists(st.integers(1, 4)),
+)
+def test_unicode_text_never_streams_replacement_chars(tokenizer, text, chunk_sizes):
+    ids = tokenizer.encode(text)
+    detok = IncrementalDetokenizer(tokenizer, tokenizer.encode("Q: "))
+    deltas = _stream(detok, ids, chunk_sizes)
+    if REPLACEMENT not in text:
+        assert all(REPLACEMENT not in d.text for d in deltas)
+    assert "".join(d.text for d in deltas) + detok.flush() == text
+
+
+@st.composite
+def _text_and_stops(draw):
+    text = draw(st.text(st.sampled_from("ab c中🙂\n"), min_size=1, max_size=25))
+    stops = []
+    for _ in range(draw(st.integers(1, 3))):
+        start = draw(st.integers(0, len(text) - 1))
+        stops.append(text[start : start + draw(st.integers(1, 4))])
+    if draw(st.booleans()):
+        stops.append(draw(st.text(st.sampled_from("abc中"), min_size=1, max_size=3)))
+    return text, stops
+
+
+@FAST
+@given(case=_text_and_stops(), chunk_sizes=st.lists(st.integers(1, 3)), include=st.booleans())
+def test_stop_strings_on_random_text(tokenizer, case, chunk_sizes, include):
+    text, stops = case
+    _check_stream(tokenizer, tokenizer.encode(text), chunk_sizes, stops, include, skip=True)
+
+
+@FAST
+@given(
+    ids=st.lists(st.integers(0, VOCAB_SIZE - 1), min_size=1, max_size=30),
+    chunk_sizes=st.lists(st.integers(1, 3)),
+    data=st.data(),
+)
+def test_stop_strings_on_random_ids(tokenizer, ids, chunk_sizes, data):
+    full = tokenizer.decode(ids)
+    stops = [data.draw(st.text(st.sampled_from("e t" + REPLACEMENT), min_size=1, max_size=2))]
+    if full:
+        start = data.draw(st.integers(0, len(full) - 1))
+        stops.append(full[start : start + data.draw(st.integers(1, 3))])
+    _check_stream(tokenizer, ids, chunk_sizes, stops, include=data.draw(st.booleans()), skip=True)
