@@ -199,14 +199,17 @@ def _check_stream(tokenizer, ids, chunk_sizes, stops, include, skip):
     detok = IncrementalDetokenizer(
         tokenizer, [], skip_special_tokens=skip, stop=stops, include_stop_str_in_output=include
     )
-    released = ""
-    for delta in _stream(detok, ids, chunk_sizes):
-        released += delta.text
-        if detok.stop_str is None:
-            # Neither a stop string nor the beginning of one has been emitted.
-            assert not any(s in released for s in stops)
-            assert not any(released.endswith(s[:k]) for s in stops for k in range(1, len(s)))
-    released += detok.flush()
+    max_held = max(len(s) for s in stops) - 1
+    snapshots, sizes, position = [], iter(chunk_sizes), 0
+    while position < len(ids) and detok.stop_str is None:
+        size = next(sizes, 1)
+        detok.add_tokens(ids[position : position + size])
+        position += size
+        snapshots.append(detok.output_text)
+        if detok.stop_str is None:  # held back: at most max_held characters besides an unfinished character
+            decoded = tokenizer.decode(ids[:position], skip_special_tokens=skip).rstrip(REPLACEMENT)
+            assert len(detok.output_text) >= len(decoded) - max_held
+    released = detok.output_text + detok.flush()
     full = tokenizer.decode(ids, skip_special_tokens=skip)
     match = _first_stop(full, stops)
     if match is None:
@@ -215,6 +218,8 @@ def _check_stream(tokenizer, ids, chunk_sizes, stops, include, skip):
         start, stop = match
         assert released == full[: start + (len(stop) if include else 0)]
         assert detok.stop_str == stop
+    # Streaming only ever appends: nothing after (or, unless included, of) the stop string was emitted.
+    assert all(released.startswith(snapshot) for snapshot in snapshots)
     assert detok.output_text == released
 
 
