@@ -1,0 +1,128 @@
+"""Attention over the paged KV cache, behind a backend interface.
+
+KV cache layout (shared by every backend): one tensor per layer of shape
+``[num_pages, 2, page_size, num_kv_heads, head_dim]`` — FlashInfer's "NHD" paged layout with K and V
+interleaved per page, so the FlashInfer backend takes the same tensor unchanged. A token at position
+``p`` of a sequence lives in page ``page_table[p // page_size]`` at offset ``p % page_size``.
+
+`BatchLayout` describes one step's batch (query lengths, KV lengths, page tables); a backend's
+``plan`` turns it into its own index tensors once per step, and ``forward`` is called per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class BatchLayout:
+    """One step's sequences, in the order their new tokens are concatenated in the batch."""
+
+    query_lens: list[int]  # new tokens of each sequence this step
+    kv_lens: list[int]  # tokens in the cache after this step (cached + new)
+    page_tables: list[list[int]]
+    page_size: int
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.query_lens)
+
+    def slot_indices(self) -> list[int]:
+        """Cache slot (page * page_size + offset) of every new token, in batch order."""
+        slots: list[int] = []
+        ps = self.page_size
+        for q_len, kv_len, pages in zip(self.query_lens, self.kv_lens, self.page_tables, strict=True):
+            for pos in range(kv_len - q_len, kv_len):
+                slots.append(pages[pos // ps] * ps + pos % ps)
+        return slots
+
+
+class AttentionBackend(Protocol):
+    def plan(self, layout: BatchLayout) -> None:
+        """Prepare index tensors for this step's batch (called once per step, before the layers)."""
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Write k, v ([T, Hkv, D]) into the layer's cache, then attend q ([T, Hq, D]) -> [T, Hq, D]."""
+
+
+@dataclass(slots=True)
+class _Group:
+    """Sequences attended together with one padded SDPA call."""
+
+    q_index: torch.Tensor  # [B, Qmax] index into the batch's tokens (padding -> 0)
+    q_valid: torch.Tensor  # [B, Qmax] bool
+    kv_index: torch.Tensor  # [B, Lmax] flat K slot in the layer cache (padding -> 0)
+    mask: torch.Tensor  # [B, 1, Qmax, Lmax] bool, True = attend
+    out_index: torch.Tensor  # [num valid queries] token index in the batch
+
+
+class TorchAttentionBackend:
+    """Reference backend: gathers each sequence's K/V from its pages and calls SDPA (CPU and CUDA).
+
+    Decodes (one new token) and prefills are batched separately so a long prefill chunk never pads
+    a batch of decodes to its length.
+    """
+
+    def __init__(self, kv_cache: list[torch.Tensor], scale: float):
+        self.kv_cache = kv_cache
+        self.scale = scale
+        self.page_size = kv_cache[0].shape[2]
+        self.device = kv_cache[0].device
+        self._k_slots = torch.empty(0, dtype=torch.long)
+        self._groups: list[_Group] = []
+
+    def plan(self, layout: BatchLayout) -> None:
+        ps = self.page_size
+        slots = torch.tensor(layout.slot_indices(), dtype=torch.long)
+        self._k_slots = (slots // ps * 2 * ps + slots % ps).to(self.device)  # K half of each page
+        starts, offset = [], 0
+        for q_len in layout.query_lens:
+            starts.append(offset)
+            offset += q_len
+        decode = [i for i, q in enumerate(layout.query_lens) if q == 1]
+        prefill = [i for i, q in enumerate(layout.query_lens) if q > 1]
+        self._groups = [self._group(layout, idx, starts) for idx in (decode, prefill) if idx]
+
+    def _group(self, layout: BatchLayout, seqs: list[int], starts: list[int]) -> _Group:
+        ps = self.page_size
+        q_max = max(layout.query_lens[i] for i in seqs)
+        l_max = max(layout.kv_lens[i] for i in seqs)
+        b = len(seqs)
+        q_len = torch.tensor([layout.query_lens[i] for i in seqs])
+        kv_len = torch.tensor([layout.kv_lens[i] for i in seqs])
+        q_pos = torch.arange(q_max)
+        q_valid = q_pos[None, :] < q_len[:, None]
+        q_index = torch.where(q_valid, torch.tensor([starts[i] for i in seqs])[:, None] + q_pos, 0)
+        kv_index = torch.zeros(b, l_max, dtype=torch.long)
+        for row, i in enumerate(seqs):
+            n = layout.kv_lens[i]
+            pages = torch.tensor(layout.page_tables[i][: (n + ps - 1) // ps], dtype=torch.long)
+            pos = torch.arange(n)
+            kv_index[row, :n] = pages[pos // ps] * 2 * ps + pos % ps
+        # absolute position of each query row; a key at position j is visible when j <= that position
+        q_abs = (kv_len - q_len)[:, None] + q_pos[None, :]
+        key_pos = torch.arange(l_max)
+        mask = key_pos[None, None, :] <= q_abs[:, :, None]
+        mask[:, :, 0] |= ~q_valid  # padded query rows see one key so SDPA never divides by zero
+        dev = self.device
+        return _Group(q_index.to(dev), q_valid.to(dev), kv_index.to(dev), mask.unsqueeze(1).to(dev),
+                      q_index[q_valid].to(dev))
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        ps = self.page_size
+        flat = self.kv_cache[layer].view(-1, k.shape[1], k.shape[2])
+        flat.index_copy_(0, self._k_slots, k)
+        flat.index_copy_(0, self._k_slots + ps, v)
+        out = torch.empty_like(q)
+        for g in self._groups:
+            qg = q[g.q_index].transpose(1, 2)  # [B, Hq, Qmax, D]
+            kg = flat[g.kv_index].transpose(1, 2)  # [B, Hkv, Lmax, D]
+            vg = flat[g.kv_index + ps].transpose(1, 2)
+            o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask, scale=self.scale,
+                                               enable_gqa=qg.shape[1] != kg.shape[1])
+            out[g.out_index] = o.transpose(1, 2)[g.q_valid]
+        return out

@@ -1,0 +1,139 @@
+"""Model and engine configuration.
+
+`ModelConfig` is read from a Hugging Face `config.json` (+ `generation_config.json`); it accepts both
+the transformers 4 spelling (`rope_theta`, `rope_scaling`) and the transformers 5 one
+(`rope_parameters`). `EngineConfig` holds the serving knobs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fleetserve.runtime.engine.types import EngineError
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model_path: str
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    page_size: int = 16
+    max_num_batched_tokens: int = 2048  # token budget of one step (--chunked-prefill-size)
+    max_running_requests: int = 256
+    context_length: int | None = None  # overrides the model's max_position_embeddings
+    kv_cache_memory_gb: float | None = None  # None: 2 GiB on CPU, 85% of free memory on CUDA
+    num_pages: int | None = None  # exact page count (tests); wins over kv_cache_memory_gb
+    enable_prefix_caching: bool = True
+    attention_backend: str = "auto"  # auto | torch | flashinfer
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    model_path: str
+    architecture: str
+    family: str  # llama | mistral | qwen2 | qwen3
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    max_position_embeddings: int
+    max_model_len: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    qk_norm: bool
+    dtype: torch.dtype
+    eos_token_ids: set[int] = field(default_factory=set)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: Path, dtype: str = "auto", device: str = "cpu",
+                        context_length: int | None = None) -> ModelConfig:
+        raw = json.loads((model_dir / "config.json").read_text())
+        arch = (raw.get("architectures") or ["?"])[0]
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise EngineError(
+                f"unsupported architecture {arch!r}; supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+            )
+        family = SUPPORTED_ARCHITECTURES[arch]
+        if raw.get("sliding_window") and raw.get("use_sliding_window", family == "mistral"):
+            raise EngineError("sliding-window attention is not supported yet")
+        heads = raw["num_attention_heads"]
+        theta, scaling = _rope(raw)
+        max_pos = int(raw.get("max_position_embeddings", 4096))
+        return cls(
+            model_path=str(model_dir),
+            architecture=arch,
+            family=family,
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=raw.get("num_key_value_heads") or heads,
+            head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=max_pos,
+            max_model_len=context_length or max_pos,
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            attention_bias=bool(raw.get("attention_bias", family == "qwen2")),
+            qk_norm=family == "qwen3",
+            dtype=resolve_dtype(dtype, raw, device),
+            eos_token_ids=_eos_ids(model_dir, raw),
+        )
+
+
+def resolve_dtype(dtype: str, raw: dict[str, Any], device: str) -> torch.dtype:
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise EngineError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    if device.startswith("cpu"):
+        return torch.float32
+    declared = raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"
+    return torch.bfloat16 if declared == "float32" else DTYPES.get(declared, torch.bfloat16)
+
+
+def _rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    params = raw.get("rope_parameters") or {}
+    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    scaling = raw.get("rope_scaling") or {k: v for k, v in params.items() if k != "rope_theta"}
+    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if rope_type == "default":
+        return theta, None
+    return theta, {**scaling, "rope_type": rope_type}
+
+
+def _eos_ids(model_dir: Path, raw: dict[str, Any]) -> set[int]:
+    ids: set[int] = set()
+    sources = [raw]
+    gen_path = model_dir / "generation_config.json"
+    if gen_path.exists():
+        sources.append(json.loads(gen_path.read_text()))
+    for source in sources:
+        value = source.get("eos_token_id")
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(int(v) for v in value)
+    return ids

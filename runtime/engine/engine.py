@@ -1,0 +1,204 @@
+"""The engine: add requests, step, read outputs. One thread drives it; no asyncio, no HTTP.
+
+    engine = LLMEngine.from_config(EngineConfig(model_path=...))
+    engine.add_request("r1", prompt_token_ids, SamplingParams(max_tokens=32))
+    while engine.has_unfinished_requests():
+        for out in engine.step(): ...
+
+A step is schedule → run the model → sample → post-process (append, detokenize, stop checks).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from fleetserve.runtime.engine.config import EngineConfig, ModelConfig
+from fleetserve.runtime.engine.detokenizer import IncrementalDetokenizer
+from fleetserve.runtime.engine.model_runner import ModelRunner, StepLogits
+from fleetserve.runtime.engine.outputs import collect_outputs, finish
+from fleetserve.runtime.engine.page_pool import PagePool
+from fleetserve.runtime.engine.logprobs import prompt_logprobs
+from fleetserve.runtime.engine.sampler import SamplingRow, sample
+from fleetserve.runtime.engine.scheduler import ScheduledSequence, Scheduler
+from fleetserve.runtime.engine.sequence import Request, Sequence
+from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOutput, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class LLMEngine:
+    def __init__(self, model_config: ModelConfig, config: EngineConfig, tokenizer, runner: ModelRunner,
+                 pool: PagePool):
+        self.model_config = model_config
+        self.config = config
+        self.tokenizer = tokenizer
+        self.runner = runner
+        self.pool = pool
+        self.scheduler = Scheduler(pool, config.max_num_batched_tokens, config.max_running_requests)
+        self.requests: dict[str, Request] = {}
+        self._aborted: list[Request] = []
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLMEngine:
+        from fleetserve.runtime.engine.factory import build_engine
+
+        return build_engine(config)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raises EngineError when the request can never run (the server answers 400)."""
+        n_prompt, limit = len(prompt_token_ids), self.model_config.max_model_len
+        if n_prompt == 0:
+            raise EngineError("the prompt is empty")
+        if n_prompt + params.max_tokens > limit:
+            raise EngineError(
+                f"this model's maximum context length is {limit} tokens; the prompt has {n_prompt} tokens "
+                f"and max_tokens is {params.max_tokens} ({n_prompt + params.max_tokens} in all)"
+            )
+        bad = [t for t in prompt_token_ids if not 0 <= t < self.model_config.vocab_size]
+        if bad:
+            raise EngineError(f"prompt token id {bad[0]} is outside the vocabulary (size {self.model_config.vocab_size})")
+        pages = -(-(n_prompt + params.max_tokens) // self.pool.page_size)
+        if pages > self.pool.num_pages:
+            raise EngineError(
+                f"prompt + max_tokens ({n_prompt + params.max_tokens} tokens) needs {pages} KV pages; "
+                f"the cache has {self.pool.num_pages}"
+            )
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    lora_name: str | None = None) -> None:
+        if request_id in self.requests:
+            raise EngineError(f"request id {request_id!r} is already in use")
+        self.check_request(prompt_token_ids, params)
+        request = Request(request_id, list(prompt_token_ids), params, lora_name=lora_name)
+        if params.prompt_logprobs is not None:
+            request.prompt_logprobs = [None]
+        for index in range(params.n):
+            detok = IncrementalDetokenizer(
+                self.tokenizer, request.prompt_token_ids, skip_special_tokens=params.skip_special_tokens,
+                stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
+            )
+            seq = Sequence(request, index, detok, list(prompt_token_ids))
+            request.sequences.append(seq)
+            self.scheduler.add(seq)
+        self.requests[request_id] = request
+
+    def abort_request(self, request_id: str) -> None:
+        """Frees the request's pages now; its final output (finish_reason "abort") comes with the next step."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return
+        for seq in request.sequences:
+            if seq.status != "finished":
+                self.scheduler.remove(seq)
+                finish(seq, "abort")
+        self._aborted.append(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests) or bool(self._aborted)
+
+    # -- the step --------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        touched: dict[str, Request] = {r.request_id: r for r in self._aborted}
+        self._aborted = []
+        batch = self.scheduler.schedule().scheduled
+        if batch:
+            now = time.monotonic()
+            for item in batch:
+                req = item.seq.request
+                if req.first_scheduled_time is None:
+                    req.first_scheduled_time = now
+            step_logits = self.runner.execute(batch)
+            self._record_prompt_logprobs(batch, step_logits)
+            sampled = self._sample(batch, step_logits)
+            self.scheduler.finish_step(batch)
+            for seq, (token, logprob) in sampled.items():
+                self._append(seq, token, logprob)
+            touched.update((item.seq.request.request_id, item.seq.request) for item in batch)
+        outputs = collect_outputs(touched.values())
+        for out in outputs:
+            if out.finished:
+                self.requests.pop(out.request_id, None)
+        return outputs
+
+    def _sample(self, batch: list[ScheduledSequence], step: StepLogits) -> dict[Sequence, tuple]:
+        rows, row_index = [], []
+        for item, where in zip(batch, step.rows, strict=True):
+            if item.samples:
+                seq = item.seq
+                rows.append(SamplingRow(seq.request.params, seq.request.prompt_token_ids,
+                                        seq.output_token_ids, seed_offset=seq.index))
+                row_index.append(where.first + where.num_rows - 1)
+        if not rows:
+            return {}
+        logits = step.logits[torch.tensor(row_index, device=step.logits.device)]
+        result = sample(logits, rows, eos_token_ids=self.model_config.eos_token_ids)
+        seqs = [item.seq for item in batch if item.samples]
+        return {seq: (tok, lp) for seq, tok, lp in zip(seqs, result.token_ids, result.logprobs, strict=True)}
+
+    def _record_prompt_logprobs(self, batch: list[ScheduledSequence], step: StepLogits) -> None:
+        for item, where in zip(batch, step.rows, strict=True):
+            seq = item.seq
+            if not seq.wants_prompt_logprobs or where.num_rows == 0:
+                continue
+            req = seq.request
+            assert req.prompt_logprobs is not None
+            start = seq.num_computed_tokens
+            # position t predicts token t + 1; keep only targets inside the prompt not yet recorded
+            targets = range(max(start + 1, len(req.prompt_logprobs)), min(start + item.num_new_tokens, req.num_prompt_tokens - 1) + 1)
+            if not targets:
+                continue
+            first_row = where.first + targets[0] - 1 - start
+            logits = step.logits[first_row : first_row + len(targets)]
+            k = req.params.prompt_logprobs or 0
+            req.prompt_logprobs.extend(prompt_logprobs(logits, req.prompt_token_ids[targets[0] : targets[-1] + 1], k))
+
+    def _append(self, seq: Sequence, token: int, logprob) -> None:
+        params = seq.request.params
+        seq.token_ids.append(token)
+        seq.new_token_ids.append(token)
+        if logprob is not None:
+            seq.new_logprobs.append(logprob)
+        if token in params.stop_token_ids:
+            seq.new_text += seq.detokenizer.flush()
+            return self._finish(seq, "stop", token)
+        if token in self.model_config.eos_token_ids and not params.ignore_eos:
+            seq.new_text += seq.detokenizer.flush()
+            return self._finish(seq, "stop", None)
+        delta = seq.detokenizer.add_tokens([token])
+        seq.new_text += delta.text
+        if delta.stop_str is not None:
+            return self._finish(seq, "stop", delta.stop_str)
+        if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.model_config.max_model_len:
+            seq.new_text += seq.detokenizer.flush()
+            return self._finish(seq, "length", None)
+        return None
+
+    def _finish(self, seq: Sequence, reason, stop_reason: str | int | None) -> None:
+        self.scheduler.remove(seq)
+        finish(seq, reason, stop_reason)
+
+    # -- operations --------------------------------------------------------------------------------
+
+    def reset_prefix_cache(self) -> bool:
+        if self.requests:
+            return False
+        self.pool.reset_prefix_cache()
+        return True
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            num_total_pages=self.pool.num_pages,
+            num_used_pages=self.pool.num_used,
+            page_size=self.pool.page_size,
+            prefix_cache_queries=self.pool.num_queries,
+            prefix_cache_hits=self.pool.num_hits,
+            num_preemptions=self.scheduler.num_preemptions,
+        )

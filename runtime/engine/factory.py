@@ -1,0 +1,65 @@
+"""Wires an engine together from an EngineConfig: checkpoint, model, KV cache, backend, scheduler."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from fleetserve.runtime.engine.attention import AttentionBackend, TorchAttentionBackend
+from fleetserve.runtime.engine.config import EngineConfig, ModelConfig
+from fleetserve.runtime.engine.engine import LLMEngine
+from fleetserve.runtime.engine.kv_cache import allocate_kv_cache, plan_num_pages
+from fleetserve.runtime.engine.loader import load_model, resolve_model_dir
+from fleetserve.runtime.engine.model_runner import ModelRunner
+from fleetserve.runtime.engine.page_pool import PagePool
+from fleetserve.runtime.engine.types import EngineError
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError("--device cuda was asked for but CUDA is not available")
+    return device
+
+
+def build_backend(name: str, kv_cache: list[torch.Tensor], cfg: ModelConfig) -> AttentionBackend:
+    scale = cfg.head_dim**-0.5
+    device = kv_cache[0].device
+    if name == "flashinfer" or (name == "auto" and device.type == "cuda"):
+        try:
+            from fleetserve.runtime.engine.attention_flashinfer import FlashInferBackend  # type: ignore[import-not-found]
+        except ImportError as exc:
+            if name == "flashinfer":
+                raise EngineError(f"the flashinfer attention backend is not available: {exc}") from exc
+            logger.warning("flashinfer backend unavailable (%s); using the torch backend", exc)
+        else:
+            return FlashInferBackend(kv_cache, cfg, scale)
+    if name not in ("auto", "torch", "flashinfer"):
+        raise EngineError(f"unknown attention backend {name!r}; choose auto, torch or flashinfer")
+    return TorchAttentionBackend(kv_cache, scale)
+
+
+def build_engine(config: EngineConfig) -> LLMEngine:
+    from transformers import AutoTokenizer
+
+    device = resolve_device(config.device)
+    model_dir = resolve_model_dir(config.model_path)
+    model_config = ModelConfig.from_pretrained(model_dir, config.dtype, device.type, config.context_length)
+    if device.type == "cpu":
+        torch.set_grad_enabled(False)
+    model = load_model(model_config, device)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.eos_token_id is not None and not model_config.eos_token_ids:
+        model_config.eos_token_ids.add(tokenizer.eos_token_id)
+    num_pages = plan_num_pages(model_config, config, device)
+    kv_cache = allocate_kv_cache(model_config, num_pages, config.page_size, device)
+    backend = build_backend(config.attention_backend, kv_cache, model_config)
+    runner = ModelRunner(model, backend, config.page_size, device)
+    pool = PagePool(num_pages, config.page_size, config.enable_prefix_caching)
+    logger.info("loaded %s (%s, %s) on %s", model_dir, model_config.architecture, model_config.dtype, device)
+    return LLMEngine(model_config, config, tokenizer, runner, pool)

@@ -1,0 +1,66 @@
+"""Turns a scheduled batch into tensors, runs the model over the paged KV cache, returns logits."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from fleetserve.runtime.engine.attention import AttentionBackend, BatchLayout
+from fleetserve.runtime.engine.models.llama import LlamaForCausalLM
+from fleetserve.runtime.engine.scheduler import ScheduledSequence
+
+
+class LogitRows(NamedTuple):
+    """Where one scheduled sequence's rows are in the step's logits (num_rows may be 0)."""
+
+    first: int
+    num_rows: int
+
+
+class StepLogits(NamedTuple):
+    logits: torch.Tensor  # [rows, vocab] float32
+    rows: list[LogitRows]  # one per scheduled sequence, in batch order
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, backend: AttentionBackend, page_size: int, device: torch.device):
+        self.model = model
+        self.backend = backend
+        self.page_size = page_size
+        self.device = device
+
+    @torch.inference_mode()
+    def execute(self, batch: list[ScheduledSequence]) -> StepLogits:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        logits_index: list[int] = []
+        rows: list[LogitRows] = []
+        for item in batch:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            end = start + item.num_new_tokens
+            offset = len(input_ids)
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            # every position when the prompt's logprobs are wanted, else only the one that samples
+            first_row = len(logits_index)
+            if seq.wants_prompt_logprobs:
+                logits_index.extend(range(offset, offset + item.num_new_tokens))
+            elif item.samples:
+                logits_index.append(offset + item.num_new_tokens - 1)
+            rows.append(LogitRows(first_row, len(logits_index) - first_row))
+        layout = BatchLayout(
+            query_lens=[item.num_new_tokens for item in batch],
+            kv_lens=[item.seq.num_computed_tokens + item.num_new_tokens for item in batch],
+            page_tables=[item.seq.page_ids for item in batch],
+            page_size=self.page_size,
+        )
+        self.backend.plan(layout)
+        dev = self.device
+        logits = self.model(
+            torch.tensor(input_ids, dtype=torch.long, device=dev),
+            torch.tensor(positions, dtype=torch.long, device=dev),
+            self.backend,
+            torch.tensor(logits_index, dtype=torch.long, device=dev),
+        )
+        return StepLogits(logits, rows)

@@ -1,0 +1,145 @@
+"""Picks each step's batch under a token budget.
+
+Running sequences go first (a decode needs one token, a chunked prefill takes what the budget
+leaves), then waiting ones in arrival order. A waiting sequence's prefix-cache hit counts as computed
+tokens. When pages run out, the most recently admitted running sequence is preempted: its pages are
+released (its full pages stay in the prefix cache) and it is recomputed later.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+from fleetserve.runtime.engine.page_pool import ROOT_NODE, PagePool
+from fleetserve.runtime.engine.sequence import Sequence
+
+
+class ScheduledSequence(NamedTuple):
+    seq: Sequence
+    num_new_tokens: int
+
+    @property
+    def samples(self) -> bool:
+        """True when this step computes the sequence's last known token, so it samples the next."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+
+
+class SchedulerOutput(NamedTuple):
+    scheduled: list[ScheduledSequence]
+    preempted: list[Sequence]
+
+
+class Scheduler:
+    def __init__(self, pool: PagePool, max_num_batched_tokens: int, max_running: int):
+        self.pool = pool
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_running = max_running
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Takes a sequence out of the queues (finished or aborted) and frees its pages at once."""
+        if seq.status == "running":
+            self.running.remove(seq)
+        elif seq.status == "waiting":
+            self.waiting.remove(seq)
+        self._free(seq)
+        seq.status = "finished"
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.max_num_batched_tokens
+        out = SchedulerOutput([], [])
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if not self._make_room(seq, num_new, out.preempted):
+                break  # seq itself was preempted: it was the last running one
+            out.scheduled.append(ScheduledSequence(seq, num_new))
+            budget -= num_new
+            i += 1
+        if not out.preempted:
+            self._admit_waiting(budget, out.scheduled)
+        return out
+
+    def _make_room(self, seq: Sequence, num_new: int, preempted: list[Sequence]) -> bool:
+        while not self.pool.can_allocate(self._pages_needed(seq, num_new)):
+            victim = self.running.pop()
+            self._preempt(victim)
+            preempted.append(victim)
+            if victim is seq:
+                return False
+        self._grow(seq, num_new)
+        return True
+
+    def _admit_waiting(self, budget: int, scheduled: list[ScheduledSequence]) -> None:
+        for seq in list(self.waiting):
+            if budget <= 0 or len(self.running) >= self.max_running:
+                return
+            if seq.is_blocked:
+                continue
+            if seq.num_computed_tokens == 0 and not seq.wants_prompt_logprobs:
+                self._match_prefix(seq)
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if not self.pool.can_allocate(self._pages_needed(seq, num_new)):
+                self._free(seq)
+                return  # first come, first served: nobody overtakes a sequence that does not fit
+            self._grow(seq, num_new)
+            self.waiting.remove(seq)
+            self.running.append(seq)
+            seq.status = "running"
+            if seq.index == 0 and not seq.was_scheduled:
+                seq.request.num_cached_tokens = seq.num_computed_tokens
+            seq.was_scheduled = True
+            scheduled.append(ScheduledSequence(seq, num_new))
+            budget -= num_new
+
+    def _match_prefix(self, seq: Sequence) -> None:
+        lookup = seq.token_ids[:-1]  # at least one token must be computed to get logits
+        match = self.pool.match_prefix(lookup, seq.request.cache_key)
+        self.pool.record_lookup(len(lookup), len(match.pages) * self.pool.page_size)
+        seq.page_ids = match.pages
+        seq.cache_nodes = match.nodes
+        seq.num_computed_tokens = len(match.pages) * self.pool.page_size
+
+    def finish_step(self, scheduled: list[ScheduledSequence]) -> None:
+        """Marks the batch's tokens computed and publishes pages that became full."""
+        ps = self.pool.page_size
+        for seq, num_new in scheduled:
+            seq.num_computed_tokens += num_new
+            for j in range(len(seq.cache_nodes), seq.num_computed_tokens // ps):
+                parent = seq.cache_nodes[-1] if seq.cache_nodes else ROOT_NODE
+                tokens = seq.token_ids[j * ps : (j + 1) * ps]
+                seq.cache_nodes.append(self.pool.register(parent, tokens, seq.page_ids[j], seq.request.cache_key))
+
+    def _pages_needed(self, seq: Sequence, num_new: int) -> int:
+        total = seq.num_computed_tokens + num_new
+        return max(0, -(-total // self.pool.page_size) - len(seq.page_ids))
+
+    def _grow(self, seq: Sequence, num_new: int) -> None:
+        seq.page_ids.extend(self.pool.allocate(self._pages_needed(seq, num_new)))
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._free(seq)
+        seq.status = "waiting"
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _free(self, seq: Sequence) -> None:
+        self.pool.release(seq.page_ids)
+        seq.page_ids = []
+        seq.cache_nodes = []
+        seq.num_computed_tokens = 0
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
