@@ -1,0 +1,67 @@
+"""Create-or-patch of one child object, idempotently: no write when the live object already matches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fleetserve.operator.kube import CONFLICT, KubeClient, KubeError, Obj, Ref
+from fleetserve.operator.meta import Owner
+
+
+class OwnershipConflict(Exception):
+    """An object with a child's name exists and belongs to someone else: the operator leaves it alone."""
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """True when every field the operator sets has that value in the live object.
+
+    The API server adds defaults (imagePullPolicy, clusterIP, …); those are not drift. Lists are
+    compared item by item, so a removed env var or flag is drift.
+    """
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(is_subset(v, live.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(live, list) and len(desired) == len(live)
+                and all(is_subset(d, v) for d, v in zip(desired, live, strict=True)))
+    return bool(desired == live)
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
+
+
+def is_owned_by(obj: Mapping[str, Any], owner: Owner) -> bool:
+    return controller_uid(obj) == owner.uid
+
+
+async def ensure(client: KubeClient, owner: Owner, manifest: Obj, logger: logging.Logger) -> Obj:
+    """Make the live object match ``manifest``; returns the live object."""
+    ref = Ref.of(manifest)
+    live = await client.get(ref)
+    if live is None:
+        logger.info("Creating %s %s", ref.kind, ref.name)
+        try:
+            return await client.create(manifest)
+        except KubeError as error:
+            if error.status != CONFLICT:  # created meanwhile by a concurrent reconcile: patch it below
+                raise
+            live = await client.get(ref) or {}
+    if not is_owned_by(live, owner):
+        raise OwnershipConflict(f"{ref.kind} {ref.name} already exists and is not owned by this "
+                                f"InferenceService; rename or delete it")
+    if is_subset(manifest, live):
+        return live
+    logger.info("Updating %s %s", ref.kind, ref.name)
+    return await client.apply(manifest)
+
+
+async def remove(client: KubeClient, owner: Owner, ref: Ref, logger: logging.Logger) -> bool:
+    """Delete a child the spec no longer asks for, but only if this InferenceService owns it."""
+    live = await client.get(ref)
+    if live is None or not is_owned_by(live, owner):
+        return False
+    logger.info("Deleting %s %s", ref.kind, ref.name)
+    return await client.delete(ref)

@@ -1,0 +1,57 @@
+"""The whole desired state of one InferenceService as a list of manifests: a pure function."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fleetserve.operator import defaults, names
+from fleetserve.operator.ingress_manifests import build_ingress, ingress_url
+from fleetserve.operator.meta import Manifest, Owner
+from fleetserve.operator.router_manifests import (
+    build_router_deployment,
+    build_router_role,
+    build_router_role_binding,
+    build_router_service,
+    build_router_service_account,
+)
+from fleetserve.operator.runtime_manifests import build_runtime_deployment, build_runtime_service
+from fleetserve.operator.spec import InferenceServiceSpec
+
+
+def desired_replicas(spec: InferenceServiceSpec, status: Mapping[str, Any]) -> int:
+    """Runtime replicas to ask for.
+
+    Autoscaling off: ``replicas.count`` (what `kubectl scale` sets), else ``replicas.min``.
+    Autoscaling on: the autoscaler's last decision in ``status.desiredReplicas`` clamped to
+    [min, max]; ``min`` until it has made one.
+    """
+    bounds = spec.replicas
+    if not spec.autoscaling.enabled:
+        return bounds.min if bounds.count is None else bounds.count
+    decided = status.get("desiredReplicas") or bounds.min
+    return max(bounds.min, min(bounds.max, int(decided)))
+
+
+def build_children(owner: Owner, spec: InferenceServiceSpec, image: str, replicas: int) -> list[Manifest]:
+    """Every object the operator owns for this InferenceService, in creation order."""
+    children = [
+        build_router_service_account(owner),
+        build_router_role(owner),
+        build_router_role_binding(owner),
+        build_runtime_service(owner),
+        build_runtime_deployment(owner, spec, image, replicas),
+        build_router_service(owner),
+        build_router_deployment(owner, spec, image),
+    ]
+    if spec.ingress is not None:
+        children.append(build_ingress(owner, spec.ingress))
+    return children
+
+
+def service_url(owner: Owner, spec: InferenceServiceSpec) -> str:
+    """The Ingress URL when there is one, else the router Service's in-cluster URL."""
+    if spec.ingress is not None:
+        return ingress_url(spec.ingress)
+    host = f"{names.service_name(owner.name)}.{owner.namespace}.svc.cluster.local"
+    return f"http://{host}" if defaults.SERVICE_PORT == 80 else f"http://{host}:{defaults.SERVICE_PORT}"

@@ -1,0 +1,53 @@
+"""Kubernetes-convention status conditions, merged so lastTransitionTime moves only on a change."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+CONDITION_TYPES = (READY, PROGRESSING, DEGRADED)
+
+Status = Literal["True", "False", "Unknown"]
+
+
+class ConditionState(NamedTuple):
+    """What the operator concluded, before it is stamped with generation and time."""
+
+    type: str
+    status: Status
+    reason: str
+    message: str = ""
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_conditions(
+    current: Sequence[Mapping[str, Any]], states: Sequence[ConditionState], generation: int | None, now: str
+) -> list[dict[str, Any]]:
+    """New conditions in ``states`` order; a condition whose status did not change keeps its time."""
+    previous = {c.get("type"): c for c in current}
+    merged = []
+    for state in states:
+        before = previous.get(state.type)
+        changed = before is None or before.get("status") != state.status
+        condition: dict[str, Any] = {
+            "type": state.type,
+            "status": state.status,
+            "reason": state.reason,
+            "message": state.message,
+            "lastTransitionTime": now if changed or before is None else before.get("lastTransitionTime", now),
+        }
+        if generation is not None:
+            condition["observedGeneration"] = generation
+        merged.append(condition)
+    return merged
+
+
+def find(conditions: Sequence[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == type_), None)

@@ -1,0 +1,39 @@
+"""Operator-wide defaults: numbers the builders and the spec share, each named once."""
+
+from __future__ import annotations
+
+# Runtime pods. A replica that downloads and loads a 70B model can take many minutes before
+# /health answers; the startup probe allows STARTUP_TIMEOUT_SECONDS before the kubelet restarts it.
+PROBE_PERIOD_SECONDS = 10
+READINESS_PERIOD_SECONDS = 5
+READINESS_FAILURE_THRESHOLD = 3
+LIVENESS_FAILURE_THRESHOLD = 6  # a minute of failed /health checks after start-up
+PROBE_TIMEOUT_SECONDS = 5
+STARTUP_TIMEOUT_SECONDS = 30 * 60
+TERMINATION_GRACE_SECONDS = 120  # long enough to drain streamed completions
+REVISION_HISTORY_LIMIT = 3
+
+# The image's non-root user (see the Dockerfile's USER).
+RUN_AS_USER = 1000
+
+# Where volumes are mounted in runtime pods.
+MODEL_MOUNT_PATH = "/mnt/models"
+CACHE_MOUNT_PATH = "/var/cache/fleetserve"
+SHM_MOUNT_PATH = "/dev/shm"
+HF_HOME = f"{CACHE_MOUNT_PATH}/huggingface"
+
+# Environment variable names the runtime reads.
+ENV_HF_TOKEN = "HF_TOKEN"
+ENV_HF_HOME = "HF_HOME"
+ENV_API_KEY = "FLEETSERVE_API_KEY"
+
+GPU_RESOURCE = "nvidia.com/gpu"
+MAX_ADAPTER_NAME_LENGTH = 63
+
+# The router's Service port (the router container itself listens on wire.ROUTER_PORT).
+SERVICE_PORT = 80
+ROUTER_REQUESTS = {"cpu": "100m", "memory": "256Mi"}
+ROUTER_LIMITS = {"memory": "512Mi"}
+
+# Image used when neither the spec nor the operator's --runtime-image names one.
+RUNTIME_IMAGE = "ghcr.io/fleetserve/fleetserve:0.1.0"

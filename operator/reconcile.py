@@ -1,0 +1,80 @@
+"""Reconcile one InferenceService: apply its children, then compute its status.
+
+Level-based and idempotent: the same call repairs drift, recreates children deleted by hand,
+rolls out spec changes and refreshes the status. It never raises for a bad spec; the spec's
+problems become conditions instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fleetserve.operator import names
+from fleetserve.operator.apply import OwnershipConflict, ensure, remove
+from fleetserve.operator.children import build_children, desired_replicas, service_url
+from fleetserve.operator.conditions import DEGRADED, PROGRESSING, READY, ConditionState, now_rfc3339
+from fleetserve.operator.config import OperatorConfig
+from fleetserve.operator.kube import KubeClient, Ref
+from fleetserve.operator.meta import Owner
+from fleetserve.operator.spec import InferenceServiceSpec
+from fleetserve.operator.status import (
+    Observed,
+    build_status,
+    healthy_conditions,
+    invalid_conditions,
+    replica_fields,
+)
+from fleetserve.operator.validation import check_spec
+
+CHILD_CONFLICT = "ChildConflict"
+
+
+async def apply_children(
+    client: KubeClient, owner: Owner, spec: InferenceServiceSpec, config: OperatorConfig, replicas: int,
+    logger: logging.Logger,
+) -> Observed:
+    live = {}
+    for manifest in build_children(owner, spec, config.runtime_image, replicas):
+        live[(manifest["kind"], manifest["metadata"]["name"])] = await ensure(client, owner, manifest, logger)
+    if spec.ingress is None:
+        await remove(client, owner, Ref("networking.k8s.io/v1", "Ingress", owner.namespace,
+                                        names.ingress_name(owner.name)), logger)
+    return Observed(
+        runtime=live.get(("Deployment", names.runtime_name(owner.name))),
+        router=live.get(("Deployment", names.router_name(owner.name))),
+    )
+
+
+def conflict_conditions(message: str) -> list[ConditionState]:
+    return [
+        ConditionState(READY, "False", CHILD_CONFLICT, message),
+        ConditionState(PROGRESSING, "False", CHILD_CONFLICT, message),
+        ConditionState(DEGRADED, "True", CHILD_CONFLICT, message),
+    ]
+
+
+async def reconcile(
+    client: KubeClient, config: OperatorConfig, body: Mapping[str, Any], logger: logging.Logger
+) -> dict[str, Any]:
+    """Apply the children of ``body`` and return its new status (the caller writes it)."""
+    owner = Owner.from_body(body)
+    generation = body["metadata"].get("generation")
+    current = body.get("status") or {}
+    check = check_spec(owner.name, body.get("spec") or {})
+    if check.spec is None:
+        logger.warning("Invalid spec, nothing rolled out: %s", check.message)
+        return build_status(current, invalid_conditions(check.message), generation, now_rfc3339())
+    desired = desired_replicas(check.spec, current)
+    try:
+        observed = await apply_children(client, owner, check.spec, config, desired, logger)
+    except OwnershipConflict as conflict:
+        logger.warning("%s", conflict)
+        return build_status(current, conflict_conditions(str(conflict)), generation, now_rfc3339())
+    return build_status(
+        current, healthy_conditions(observed, desired), generation, now_rfc3339(),
+        **replica_fields(observed, desired),
+        selector=names.selector_string(owner.name, names.RUNTIME),
+        url=service_url(owner, check.spec),
+    )

@@ -1,0 +1,196 @@
+"""Pure builders for the runtime: the `fleetserve serve` Deployment and its headless Service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleetserve.operator import defaults, names
+from fleetserve.operator.meta import Manifest, Owner, object_meta, quantities
+from fleetserve.operator.sources import HubLocation, Location, PvcLocation, parse_source
+from fleetserve.operator.spec import InferenceServiceSpec, Runtime
+from fleetserve.runtime import wire
+
+CONTAINER = "runtime"
+PORT_NAME = "http"
+
+
+def served_name(spec: InferenceServiceSpec) -> str:
+    return spec.model.served_name or parse_source(spec.model.source).basename
+
+
+def model_path(location: Location) -> str:
+    if isinstance(location, HubLocation):
+        return location.repo
+    return f"{defaults.MODEL_MOUNT_PATH}/{location.path}".rstrip("/")
+
+
+def serve_args(spec: InferenceServiceSpec) -> list[str]:
+    """`fleetserve serve` flags (SGLang names) derived from the spec, then the user's extra args."""
+    runtime = spec.runtime
+    device = runtime.device or ("cuda" if runtime.resources.gpus > 0 else "cpu")
+    args = [
+        "serve",
+        "--model-path", model_path(parse_source(spec.model.source)),
+        "--host", "0.0.0.0",
+        "--port", str(wire.DEFAULT_PORT),
+        "--served-model-name", served_name(spec),
+        "--dtype", runtime.dtype,
+        "--device", device,
+        "--log-level", runtime.log_level,
+    ]
+    optional = [
+        ("--context-length", runtime.context_length),
+        ("--max-running-requests", runtime.max_running_requests),
+        ("--max-queued-requests", runtime.max_queued_requests),
+    ]
+    args += [item for flag, value in optional if value is not None for item in (flag, str(value))]
+    if runtime.enable_cache_report:
+        args.append("--enable-cache-report")
+    if spec.adapters:
+        args.append("--enable-lora")  # adapters themselves are loaded through the adapter API
+    return args + runtime.args
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def runtime_env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": defaults.ENV_HF_HOME, "value": defaults.HF_HOME}]
+    token = spec.model.hub_token_secret
+    if token is not None:
+        env.append(_secret_env(defaults.ENV_HF_TOKEN, token.name, token.key))
+    if spec.api_key_secret is not None:
+        env.append(_secret_env(defaults.ENV_API_KEY, spec.api_key_secret.name, spec.api_key_secret.key))
+    for var in spec.runtime.env:
+        if var.secret_key_ref is not None:
+            env.append(_secret_env(var.name, var.secret_key_ref.name, var.secret_key_ref.key))
+        else:
+            env.append({"name": var.name, "value": var.value or ""})
+    return env
+
+
+def runtime_resources(runtime: Runtime) -> dict[str, Any]:
+    requests, limits = quantities(runtime.resources.requests), quantities(runtime.resources.limits)
+    if runtime.resources.gpus > 0:  # extended resources: the request must equal the limit
+        requests[defaults.GPU_RESOURCE] = limits[defaults.GPU_RESOURCE] = str(runtime.resources.gpus)
+    return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
+
+
+def _volumes(spec: InferenceServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [{"name": "cache", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "cache", "mountPath": defaults.CACHE_MOUNT_PATH}]
+    location = parse_source(spec.model.source)
+    if isinstance(location, PvcLocation):
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": location.claim, "readOnly": True}})
+        mounts.append({"name": "model", "mountPath": defaults.MODEL_MOUNT_PATH, "readOnly": True})
+    if spec.runtime.resources.gpus > 0:  # NCCL and CUDA IPC need more than the default 64Mi /dev/shm
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "shm", "mountPath": defaults.SHM_MOUNT_PATH})
+    return volumes, mounts
+
+
+def _http_probe(period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": wire.PATH_HEALTH, "port": PORT_NAME},
+        "periodSeconds": period,
+        "timeoutSeconds": defaults.PROBE_TIMEOUT_SECONDS,
+        "failureThreshold": failures,
+    }
+
+
+def probes(runtime: Runtime) -> dict[str, Any]:
+    """Startup allows the whole model load; liveness and readiness only begin after it succeeds."""
+    startup_failures = -(-runtime.startup_timeout_seconds // defaults.PROBE_PERIOD_SECONDS)
+    return {
+        "startupProbe": _http_probe(defaults.PROBE_PERIOD_SECONDS, startup_failures),
+        "readinessProbe": _http_probe(defaults.READINESS_PERIOD_SECONDS, defaults.READINESS_FAILURE_THRESHOLD),
+        "livenessProbe": _http_probe(defaults.PROBE_PERIOD_SECONDS, defaults.LIVENESS_FAILURE_THRESHOLD),
+    }
+
+
+def container_security() -> dict[str, Any]:
+    # The root filesystem stays writable: torch/triton/flashinfer write JIT caches under $HOME.
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+
+
+def pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": defaults.RUN_AS_USER,
+        "runAsGroup": defaults.RUN_AS_USER,
+        "fsGroup": defaults.RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def runtime_container(spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
+    _, mounts = _volumes(spec)
+    return {
+        "name": CONTAINER,
+        "image": spec.runtime.image or image,
+        "command": ["fleetserve"],
+        "args": serve_args(spec),
+        "ports": [{"name": PORT_NAME, "containerPort": wire.DEFAULT_PORT, "protocol": "TCP"}],
+        "env": runtime_env(spec),
+        "resources": runtime_resources(spec.runtime),
+        "volumeMounts": mounts,
+        "securityContext": container_security(),
+        **probes(spec.runtime),
+    }
+
+
+def runtime_pod_spec(spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
+    volumes, _ = _volumes(spec)
+    pod: dict[str, Any] = {
+        "containers": [runtime_container(spec, image)],
+        "volumes": volumes,
+        "securityContext": pod_security(),
+        "terminationGracePeriodSeconds": spec.runtime.termination_grace_period_seconds,
+        "automountServiceAccountToken": False,  # the runtime never talks to the Kubernetes API
+        "enableServiceLinks": False,
+    }
+    if spec.runtime.node_selector:
+        pod["nodeSelector"] = dict(spec.runtime.node_selector)
+    if spec.runtime.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.runtime.tolerations]
+    return pod
+
+
+def build_runtime_deployment(owner: Owner, spec: InferenceServiceSpec, image: str, replicas: int) -> Manifest:
+    name = names.runtime_name(owner.name)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_meta(owner, name, names.RUNTIME),
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": defaults.REVISION_HISTORY_LIMIT,
+            "selector": {"matchLabels": names.selector_labels(owner.name, names.RUNTIME)},
+            "template": {
+                "metadata": {
+                    "labels": names.labels(owner.name, names.RUNTIME),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(wire.DEFAULT_PORT),
+                        "prometheus.io/path": wire.PATH_METRICS,
+                    },
+                },
+                "spec": runtime_pod_spec(spec, image),
+            },
+        },
+    }
+
+
+def build_runtime_service(owner: Owner) -> Manifest:
+    """Headless: one DNS record and one endpoint per ready pod, which the router discovers."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(owner, names.runtime_name(owner.name), names.RUNTIME),
+        "spec": {
+            "clusterIP": "None",
+            "selector": names.selector_labels(owner.name, names.RUNTIME),
+            "ports": [{"name": PORT_NAME, "port": wire.DEFAULT_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }

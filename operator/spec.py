@@ -1,0 +1,222 @@
+"""The InferenceService spec as a pydantic model: the source of truth for the CRD's schema.
+
+Field descriptions become the CRD's OpenAPI descriptions (what `kubectl explain fsvc.spec` prints),
+so every field has one. Checks the OpenAPI schema can express (types, enums, minimums, patterns)
+live here as constraints; checks across fields live in ``validation.py`` and surface as a
+``Ready=False`` condition.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fleetserve.operator import defaults
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+# A Kubernetes resource quantity ("500m", "8Gi", 2): an int-or-string in the CRD, a string here.
+Quantity = Annotated[
+    int | str,
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+URI_PATTERN = r"^[a-z][a-z0-9+.-]*://.+$"
+
+Policy = Literal["cache_aware", "round_robin", "least_load", "random"]
+DType = Literal["auto", "float16", "bfloat16", "float32"]
+Device = Literal["cuda", "cpu"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class SecretKeyRef(Model):
+    name: str = Field(description="Name of a Secret in the InferenceService's namespace.", min_length=1)
+    key: str = Field(description="Key inside the Secret whose value is used.", min_length=1)
+
+
+class HubTokenSecret(SecretKeyRef):
+    key: str = Field(default="token", description="Key inside the Secret that holds the token.", min_length=1)
+
+
+class ApiKeySecret(SecretKeyRef):
+    key: str = Field(default="api-key", description="Key inside the Secret that holds the API key.", min_length=1)
+
+
+class ModelSource(Model):
+    source: str = Field(
+        description="Where the weights come from: hf://ORG/NAME (downloaded from the Hugging Face hub at "
+        "start-up) or pvc://CLAIM/PATH (a directory on a PersistentVolumeClaim, mounted read-only).",
+        pattern=URI_PATTERN,
+    )
+    served_name: str | None = Field(
+        default=None,
+        description="Model id clients put in the `model` field of their requests. "
+        "Defaults to the last path segment of the source.",
+        min_length=1,
+    )
+    hub_token_secret: HubTokenSecret | None = Field(
+        default=None, description="Secret holding a Hugging Face token, passed to the runtime as HF_TOKEN."
+    )
+
+
+class EnvVar(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "!(has(self.value) && has(self.secretKeyRef))", "message": "set value or secretKeyRef, not both"}]})
+
+    name: str = Field(description="Environment variable name.", min_length=1)
+    value: str | None = Field(default=None, description="Literal value.")
+    secret_key_ref: SecretKeyRef | None = Field(
+        default=None, description="Take the value from a Secret key instead of `value`."
+    )
+
+
+class Toleration(Model):
+    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="How key and value are compared.")
+    value: str | None = Field(default=None, description="Taint value to match when operator is Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated before eviction.", ge=0
+    )
+
+
+class Resources(Model):
+    gpus: int = Field(default=0, description="NVIDIA GPUs per replica (nvidia.com/gpu).", ge=0)
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description='Resource requests per replica, e.g. {cpu: "4", memory: 32Gi}.'
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, description="Resource limits per replica, e.g. {memory: 48Gi}."
+    )
+
+
+class Runtime(Model):
+    image: str | None = Field(
+        default=None, description="Container image running `fleetserve serve`. Defaults to the operator's "
+        "configured runtime image.", min_length=1
+    )
+    args: list[str] = Field(
+        default_factory=list, description="Extra `fleetserve serve` flags appended after the ones the "
+        "operator derives from this spec."
+    )
+    resources: Resources = Field(default_factory=Resources, description="Compute resources per replica.")
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate.")
+    context_length: int | None = Field(default=None, description="--context-length: maximum tokens per "
+                                       "sequence; defaults to the model's.", ge=1)
+    max_running_requests: int | None = Field(default=None, description="--max-running-requests: batch "
+                                             "size cap per replica.", ge=1)
+    max_queued_requests: int | None = Field(default=None, description="--max-queued-requests: waiting "
+                                            "requests per replica before 503s.", ge=0)
+    dtype: DType = Field(default="auto", description="--dtype of the weights and activations.")
+    device: Device | None = Field(default=None, description="--device; defaults to cuda when gpus > 0, "
+                                  "else cpu.")
+    log_level: LogLevel = Field(default="info", description="--log-level of the runtime.")
+    enable_cache_report: bool = Field(default=True, description="--enable-cache-report: report cached "
+                                      "prompt tokens in usage.")
+    startup_timeout_seconds: int = Field(
+        default=defaults.STARTUP_TIMEOUT_SECONDS, description="How long a replica may take to download "
+        "and load the model before it is restarted.", ge=defaults.PROBE_PERIOD_SECONDS)
+    termination_grace_period_seconds: int = Field(
+        default=defaults.TERMINATION_GRACE_SECONDS, description="Time a stopping replica gets to finish "
+        "in-flight requests.", ge=0)
+
+
+class Replicas(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.min <= self.max", "message": "replicas.min must not exceed replicas.max"}]})
+
+    min: int = Field(default=1, description="Fewest runtime replicas the autoscaler keeps.", ge=1)
+    max: int = Field(default=1, description="Most runtime replicas the autoscaler may run.", ge=1)
+    count: int | None = Field(
+        default=None, description="Fixed runtime replica count when autoscaling is off (defaults to min); "
+        "`kubectl scale` sets it.", ge=0)
+
+
+class Autoscaling(Model):
+    enabled: bool = Field(default=False, description="Scale runtime replicas between replicas.min and "
+                          "replicas.max on queue depth.")
+    target_queue_depth: int = Field(default=4, description="Waiting requests per replica the autoscaler "
+                                    "aims for.", ge=1)
+    scale_up_stabilization_seconds: int = Field(default=0, description="Window over which scale-up "
+                                                "recommendations are smoothed.", ge=0)
+    scale_down_stabilization_seconds: int = Field(default=300, description="Window over which "
+                                                  "scale-down recommendations are smoothed.", ge=0)
+    interval_seconds: int = Field(default=5, description="How often the autoscaler samples queue depth.", ge=1)
+
+
+class Adapter(Model):
+    name: str = Field(description="Adapter name; clients request it as `model: BASE:NAME`.", pattern=DNS_LABEL,
+                      max_length=defaults.MAX_ADAPTER_NAME_LENGTH)
+    source: str = Field(description="hf://ORG/NAME or pvc://CLAIM/PATH of the LoRA adapter.",
+                        pattern=URI_PATTERN)
+
+
+class Router(Model):
+    policy: Policy = Field(default="cache_aware", description="How the router picks a runtime replica.")
+    replicas: int = Field(default=1, description="Router replicas.", ge=1)
+    image: str | None = Field(default=None, description="Router image; defaults to the runtime image.",
+                              min_length=1)
+    resources: Resources = Field(default_factory=Resources, description="Compute resources per router "
+                                 "replica (gpus is ignored).")
+
+
+class Ingress(Model):
+    host: str = Field(description="Host name the Ingress serves, e.g. llm.example.com.", min_length=1)
+    class_name: str | None = Field(default=None, description="IngressClass to use; the cluster default "
+                                   "when empty.")
+    path: str = Field(default="/", description="URL path prefix routed to the router.", pattern=r"^/")
+    tls_secret_name: str | None = Field(default=None, description="TLS Secret for the host; plain HTTP "
+                                        "when empty.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations for the Ingress, "
+                                        "e.g. controller timeouts for long streams.")
+
+
+class InferenceServiceSpec(Model):
+    """Desired state of an InferenceService: a model served behind a router."""
+
+    model: ModelSource = Field(description="The model to serve.")
+    runtime: Runtime = Field(default_factory=Runtime, description="How runtime pods run.")
+    replicas: Replicas = Field(default_factory=Replicas, description="Runtime replica bounds.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Queue-depth autoscaling "
+                                     "settings.")
+    adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters served on every "
+                                    "replica.")
+    router: Router = Field(default_factory=Router, description="The router in front of the runtime pods.")
+    ingress: Ingress | None = Field(default=None, description="Expose the router outside the cluster.")
+    api_key_secret: ApiKeySecret | None = Field(default=None, description="Secret holding the API key "
+                                                "clients must send as a Bearer token.")
+
+
+class Condition(Model):
+    type: str = Field(description="Condition type: Ready, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
+    reason: str = Field(description="CamelCase reason for the last transition, for machines.")
+    message: str = Field(default="", description="What happened and what to do about it, for humans.")
+    observed_generation: int | None = Field(default=None, description="metadata.generation the "
+                                            "condition was computed from.", ge=0)
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).",
+                                      json_schema_extra={"format": "date-time"})
+
+
+class InferenceServiceStatus(Model):
+    """Observed state, written by the operator only."""
+
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing and Degraded, "
+                                        "following Kubernetes condition conventions.")
+    observed_generation: int | None = Field(default=None, description="metadata.generation the status "
+                                            "reflects.", ge=0)
+    replicas: int = Field(default=0, description="Runtime pods that exist.", ge=0)
+    ready_replicas: int = Field(default=0, description="Runtime pods passing their readiness probe.", ge=0)
+    updated_replicas: int = Field(default=0, description="Runtime pods running the current spec.", ge=0)
+    desired_replicas: int = Field(default=0, description="Runtime pods the operator asks for.", ge=0)
+    router_ready_replicas: int = Field(default=0, description="Router pods passing their readiness probe.",
+                                       ge=0)
+    selector: str = Field(default="", description="Label selector of the runtime pods (scale subresource).")
+    url: str | None = Field(default=None, description="Where clients reach the OpenAI-compatible API.")
