@@ -13,7 +13,7 @@ also for a token that a logit_bias or a grammar forced.
 
 Seeding. A sampled row draws exactly one uniform number u per step and picks its token by inverse
 CDF over the processed distribution (cumulative sums in float64, so tokens with tiny probabilities
-keep their share). For a row with ``params.seed`` set, u is a counter-based hash (splitmix64) of
+keep their share). For a row with ``params.seed`` set, u is a counter-based hash (BLAKE2b) of
 (seed, seed_offset, len(output_token_ids)) and nothing else: the token does not depend on the
 other rows of the batch, on the row's position, on the device, or on whether the sequence was
 preempted and recomputed (given the same logits). ``seed_offset`` (the sequence's index among the
@@ -22,6 +22,7 @@ request's n) gives each child its own stream. Unseeded rows take u from a proces
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Sequence
@@ -36,7 +37,6 @@ from fleetserve.runtime.engine.types import SamplingParams, TokenLogprob
 
 logger = logging.getLogger(__name__)
 
-_MASK_64 = (1 << 64) - 1
 _UNIT_53 = 2.0**-53
 _unseeded_rng = random.Random()
 
@@ -119,16 +119,11 @@ def _uniform(row: SamplingRow) -> float:
 
 
 def seeded_uniform(seed: int, seed_offset: int, step: int) -> float:
-    """A uniform number in [0, 1) that depends only on its three arguments (53 random bits)."""
-    state = _splitmix64(seed & _MASK_64)
-    state = _splitmix64(state ^ (seed_offset & _MASK_64))
-    state = _splitmix64(state ^ (step & _MASK_64))
-    return (state >> 11) * _UNIT_53
+    """A uniform number in [0, 1) that depends only on its three arguments (53 random bits).
 
-
-def _splitmix64(value: int) -> int:
-    """The splitmix64 output function: a bijective 64-bit mixer (Steele, Lea, Flood 2014)."""
-    value = (value + 0x9E3779B97F4A7C15) & _MASK_64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK_64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK_64
-    return value ^ (value >> 31)
+    Counter-based: BLAKE2b of the integers' decimal forms, so any int seed (negative, > 64 bits)
+    gets its own stream.
+    """
+    key = f"{seed}:{seed_offset}:{step}".encode()
+    bits = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+    return (bits >> 11) * _UNIT_53
