@@ -98,6 +98,14 @@ class LLMEngine:
                 finish(seq, "abort")
         self._aborted.append(request)
 
+    def abort_all(self) -> list[str]:
+        """Aborts every request and drops their final outputs; returns their ids."""
+        ids = list(self.requests)
+        for request_id in ids:
+            self.abort_request(request_id)
+        self._aborted = []
+        return ids
+
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests) or bool(self._aborted)
 

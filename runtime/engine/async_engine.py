@@ -1,0 +1,161 @@
+"""An asyncio face for the engine: the step loop runs in its own thread and never blocks the event loop.
+
+Callers talk to the thread through a command queue (add, abort, flush); the thread hands each step's
+outputs back to the event loop in one `call_soon_threadsafe` per step, where they are routed to the
+per-request asyncio queues that `generate()` iterators read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fleetserve.runtime.engine.config import EngineConfig
+from fleetserve.runtime.engine.engine import LLMEngine
+from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOutput, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+Command = Callable[[LLMEngine], None]
+
+
+class EngineDeadError(RuntimeError):
+    """The step loop failed; the request cannot finish (the server answers 500)."""
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.model_config = engine.model_config
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._streams: dict[str, asyncio.Queue[RequestOutput | Exception]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> AsyncEngine:
+        return cls(LLMEngine.from_config(config))
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="fleetserve-engine", daemon=True)
+        self._thread.start()
+
+    async def shutdown(self) -> None:
+        """Stops the step loop; requests still in flight end with an EngineDeadError."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        for stream in self._streams.values():
+            stream.put_nowait(EngineDeadError("the server is shutting down"))
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        self.engine.check_request(prompt_token_ids, params)
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                       lora_name: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Yields the request's deltas; the last has ``finished``. Closing early aborts the request."""
+        if self._thread is None or self._stopping:
+            raise EngineDeadError("the engine is not running")
+        if request_id in self._streams:
+            raise EngineError(f"request id {request_id!r} is already in use")
+        self.check_request(prompt_token_ids, params)
+        stream: asyncio.Queue[RequestOutput | Exception] = asyncio.Queue()
+        self._streams[request_id] = stream
+        finished = False
+        self._submit(lambda engine: self._add(engine, request_id, prompt_token_ids, params, lora_name))
+        try:
+            while not finished:
+                item = await stream.get()
+                if isinstance(item, Exception):
+                    finished = True  # the engine already dropped it
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._submit(lambda engine: engine.abort_request(request_id))
+
+    async def abort(self, request_id: str) -> None:
+        self._submit(lambda engine: engine.abort_request(request_id))
+
+    async def flush_cache(self) -> bool:
+        assert self._loop is not None
+        done: asyncio.Future[bool] = self._loop.create_future()
+        loop = self._loop
+        self._submit(lambda engine: loop.call_soon_threadsafe(done.set_result, engine.reset_prefix_cache()))
+        return await done
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    # -- the engine thread -------------------------------------------------------------------------
+
+    def _submit(self, command: Command) -> None:
+        self._commands.put(command)
+        self._wakeup.set()
+
+    def _add(self, engine: LLMEngine, request_id: str, prompt: list[int], params: SamplingParams,
+             lora_name: str | None) -> None:
+        if request_id not in self._streams:
+            return  # the caller went away before the engine saw the request
+        try:
+            engine.add_request(request_id, prompt, params, lora_name)
+        except EngineError as exc:
+            self._deliver_error(request_id, exc)
+
+    def _run(self) -> None:
+        engine = self.engine
+        while not self._stopping:
+            self._wakeup.clear()
+            while not self._commands.empty():
+                self._commands.get()(engine)
+            if not engine.has_unfinished_requests():
+                self._wakeup.wait()
+                continue
+            try:
+                outputs = engine.step()
+            except Exception:  # a genuine fault: fail the requests in flight, keep serving new ones
+                logger.exception("engine step failed; aborting the requests in flight")
+                self._fail_all(engine)
+                continue
+            if outputs:
+                self._post(self._route, outputs)
+
+    def _fail_all(self, engine: LLMEngine) -> None:
+        for request_id in engine.abort_all():
+            self._deliver_error(request_id, EngineDeadError("internal error in the engine step"))
+
+    def _deliver_error(self, request_id: str, exc: Exception) -> None:
+        self._post(self._route_error, request_id, exc)
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            self._stopping = True
+
+    def _route(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is not None:
+                stream.put_nowait(out)
+
+    def _route_error(self, request_id: str, exc: Exception) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.put_nowait(exc)
