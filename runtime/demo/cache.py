@@ -33,6 +33,7 @@ def default_demo_model_dir(arch: str = "llama", size: str = "tiny") -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     try:
         write_demo_model(scratch, arch=arch, seed=0, size=size)
+        scratch.chmod(0o755)  # mkdtemp makes it private; the model is not a secret
         try:
             os.rename(scratch, target)
         except OSError:

@@ -8,10 +8,10 @@ from pathlib import Path
 from fleetserve.runtime.demo.spec import build_config, dims_for
 from fleetserve.runtime.demo.tokenizer import ENDOFTEXT, IM_END, added_tokens_for, write_tokenizer_files
 from fleetserve.runtime.demo.weights import init_weights
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 # Bump whenever the written files change for the same arguments (it names the cache directories).
-DEMO_MODEL_VERSION = 1
+DEMO_MODEL_VERSION = 2
 
 CHECKPOINT_FILES = (
     "config.json",
@@ -47,9 +47,7 @@ def write_demo_model(path: str | Path, arch: str = "llama", seed: int = 0, size:
             "pad_token_id": token_ids[ENDOFTEXT],
         },
     )
-    save_file(
-        init_weights(arch, size, vocab_size, seed),
-        str(directory / "model.safetensors"),
-        metadata={"format": "pt"},
-    )
+    # save() + write_bytes rather than save_file, which creates the file with mode 0600 whatever the umask.
+    weights = init_weights(arch, size, vocab_size, seed)
+    (directory / "model.safetensors").write_bytes(save(weights, metadata={"format": "pt"}))
     return directory

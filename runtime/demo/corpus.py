@@ -77,6 +77,8 @@ EMOJI = _words(
     "😀 😂 🙂 😉 😍 🤔 👍 👋 🙏 🎉 🚀 🔥 ✨ 🌍 🌸 🍕 ☕ 🐍 🐱 🐶 ❤️ ✅ ❌ ⭐ 💡 📦 🧪 🦀 🇫🇷 🇯🇵 👩‍💻"
 )
 
+GREETINGS = _words("Hi Hello Hey Thanks Please Sorry OK Yes No Bonjour Hallo Hola Olá Cześć")
+
 SYLLABLES = _words(
     """
 ka ri to mo na se lu vi pe do za mi ro ta ne ku sha tre vel mar lin gor bel dra fen kos pra ul ix
@@ -147,6 +149,14 @@ def _code_snippet(rng: random.Random) -> str:
     )
 
 
+def _chat_snippet(rng: random.Random) -> str:
+    """Role names and short turns, as they appear between ChatML markers."""
+    greeting = rng.choice(GREETINGS)
+    question = _fill(rng.choice(SENTENCE_TEMPLATES), rng)
+    answer = _fill(rng.choice(SENTENCE_TEMPLATES), rng)
+    return f"system\nYou are a helpful assistant.\nuser\n{greeting} {question}\nassistant\n{answer}\ntool\n"
+
+
 def build_corpus(num_lines: int = 6000, seed: int = 1234) -> list[str]:
     """Lines of mixed-language text; the same arguments always give the same lines."""
     rng = random.Random(seed)
@@ -159,7 +169,9 @@ def build_corpus(num_lines: int = 6000, seed: int = 1234) -> list[str]:
             lines.append(_json_snippet(rng))
         elif kind == 7:
             lines.append(_code_snippet(rng))
+        elif kind == 8:
+            lines.append(_chat_snippet(rng))
         else:
-            words = [_pseudo_word(rng) for _ in range(rng.randint(4, 10))]
+            words = [_pseudo_word(rng) for _ in range(rng.randint(8, 20))]
             lines.append(" ".join(words).capitalize() + ".")
     return lines

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -136,8 +139,18 @@ def test_tokenizer_is_a_trained_bpe_with_a_few_thousand_tokens(tokenizers_):
     assert len(tokenizer.encode("Xylqzv")) > 2  # unseen strings fall back to pieces
 
 
-def test_bpe_training_is_deterministic():
-    assert _trained_bpe_json.__wrapped__() == _trained_bpe_json()
+def test_bpe_training_is_deterministic_whatever_the_thread_count():
+    trained = _trained_bpe_json()
+    assert _trained_bpe_json.__wrapped__() == trained
+    script = (
+        "import hashlib, sys; from fleetserve.runtime.demo.tokenizer import _trained_bpe_json; "
+        "sys.stdout.write(hashlib.sha256(_trained_bpe_json().encode()).hexdigest())"
+    )
+    env = {**os.environ, "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    digest = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert digest.stdout == hashlib.sha256(trained.encode()).hexdigest()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
