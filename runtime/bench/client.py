@@ -1,9 +1,12 @@
 """One streaming request to an OpenAI-compatible server, timed: RequestResult.
 
-Timings follow `vllm bench serve`: time to first token is from sending the request to the first
-chunk that carries text; each later text-carrying chunk adds one inter-token latency (the gap since the
-previous one); end-to-end latency ends when the stream closes. Output tokens come from the usage the
-server reports (stream_options.include_usage) or, failing that, from tokenizing the generated text.
+Timings follow `vllm bench serve`: a stream chunk that carries a token is a token arrival; time to
+first token runs from sending the request to the first arrival, each later arrival adds one inter-token
+latency (the gap since the previous one), and end-to-end latency runs to the last arrival. A chunk
+carries a token when it has text, or has empty text but is neither the chat role announcement nor a
+closing chunk with only a finish_reason (servers send empty text for a token whose bytes do not yet
+form a whole character). Token counts come from the usage the server reports
+(stream_options.include_usage), else from the client's tokenizer.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ class RequestResult:
     error: str | None = None
     ttft: float | None = None  # seconds; None when no text arrived
     itl: list[float] = field(default_factory=list)  # seconds between text-carrying chunks
-    latency: float = 0.0  # seconds, send to end of stream
+    latency: float = 0.0  # seconds, send to the last token (to the end of the response if none came)
     generated_text: str = ""
+    usage_prompt_tokens: int | None = None  # prompt_tokens reported by the server
     usage_output_tokens: int | None = None  # completion_tokens reported by the server
     output_tokens: int | None = None  # resolved after the run (usage, else tokenizer)
 
@@ -75,17 +79,25 @@ def build_headers(config: EndpointConfig) -> dict[str, str]:
     return headers
 
 
-def chunk_text(chunk: dict, endpoint: Endpoint) -> str:
-    """The generated text one stream chunk carries ("" for role-only, usage-only or final chunks)."""
+def chunk_token(chunk: dict, endpoint: Endpoint) -> str | None:
+    """The text of the token this chunk carries ("" for a token with no whole character yet), or None
+    when it carries none (usage-only, chat role announcement, closing finish_reason-only chunk)."""
     choices = chunk.get("choices") or []
     if not choices:
-        return ""
+        return None
     choice = choices[0]
     if endpoint == "/v1/completions":
-        return choice.get("text") or ""
-    delta = choice.get("delta") or {}
-    reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
-    return reasoning + (delta.get("content") or "")
+        text = choice.get("text")
+    else:
+        delta = choice.get("delta") or {}
+        if delta.get("role") and not delta.get("content"):
+            return None
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+        content = delta.get("content")
+        text = None if content is None and not reasoning else reasoning + (content or "")
+    if text is None or (text == "" and choice.get("finish_reason") is not None):
+        return None
+    return text
 
 
 def chunk_error(chunk: dict) -> str | None:
@@ -105,6 +117,14 @@ async def iter_sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
             yield line[len(SSE_DATA_PREFIX) :].strip()
 
 
+def record_usage(chunk: dict, result: RequestResult) -> None:
+    usage = chunk.get("usage") or {}
+    if usage.get("prompt_tokens") is not None:
+        result.usage_prompt_tokens = int(usage["prompt_tokens"])
+    if usage.get("completion_tokens") is not None:
+        result.usage_output_tokens = int(usage["completion_tokens"])
+
+
 async def read_stream(
     response: httpx.Response, config: EndpointConfig, result: RequestResult, start: float
 ) -> None:
@@ -121,17 +141,16 @@ async def read_stream(
         if error is not None:
             result.error = f"stream error: {error[:MAX_ERROR_CHARS]}"
             return
-        text = chunk_text(chunk, config.endpoint)
-        if text:
+        text = chunk_token(chunk, config.endpoint)
+        if text is not None:
             if result.ttft is None:
                 result.ttft = now - start
             else:
                 result.itl.append(now - last_token_time)
             last_token_time = now
+            result.latency = now - start
             pieces.append(text)
-        usage = chunk.get("usage")
-        if usage and usage.get("completion_tokens") is not None:
-            result.usage_output_tokens = int(usage["completion_tokens"])
+        record_usage(chunk, result)
     result.generated_text = "".join(pieces)
     if not result.is_success:
         result.error = "stream ended before [DONE]"
@@ -160,5 +179,6 @@ async def send_request(
     except json.JSONDecodeError as exc:
         result.is_success = False
         result.error = f"malformed stream chunk: {exc}"
-    result.latency = time.perf_counter() - start
+    if result.ttft is None:  # no token arrived: the request lasted until its response ended
+        result.latency = time.perf_counter() - start
     return result

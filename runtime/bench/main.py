@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import math
 import os
 import sys
@@ -31,8 +30,6 @@ from fleetserve.runtime.bench.workloads import (
     shared_prefix_workload,
 )
 from fleetserve.runtime.wire import DEFAULT_PORT
-
-logger = logging.getLogger(__name__)
 
 # Independent random streams derived from --seed, so e.g. the request rate never changes the prompts.
 STREAM_ADAPTERS, STREAM_ARRIVALS, STREAM_WARMUP = 1, 2, 3

@@ -7,7 +7,8 @@ Definitions (the same as `vllm bench serve`, so the two can be compared):
   ITL    inter-token latency: every gap between text-carrying chunks, over all successful requests.
   E2EL   end-to-end latency, per successful request.
   Throughputs divide totals over successful requests by the benchmark's duration (first send to last
-  completion). Percentiles interpolate linearly between order statistics (numpy's default).
+  completion). Input tokens are the server's usage.prompt_tokens where reported (so chat templates count),
+  else the client's count. Percentiles interpolate linearly between order statistics (numpy's default).
 """
 
 from __future__ import annotations
@@ -86,12 +87,18 @@ def error_reason(error: str | None) -> str:
 
 
 def token_source(results: Sequence[RequestResult]) -> TokenSource:
-    kinds = {r.usage_output_tokens is not None for r in results}
-    if not kinds:
+    """Where the output token counts came from: the servers' usage, the client's tokenizer, or both."""
+    from_usage = {r.usage_output_tokens is not None for r in results}
+    if not from_usage:
         return "none"
-    if len(kinds) == 2:
+    if len(from_usage) > 1:
         return "mixed"
-    return "usage" if True in kinds else "tokenizer"
+    return "usage" if from_usage == {True} else "tokenizer"
+
+
+def input_tokens(result: RequestResult) -> int:
+    """The prompt's tokens as the server counted them (template and BOS included), else the client's count."""
+    return result.prompt_len if result.usage_prompt_tokens is None else result.usage_prompt_tokens
 
 
 def in_ms(values: Sequence[float]) -> list[float]:
@@ -104,7 +111,7 @@ def summarize(results: Sequence[RequestResult], duration_s: float) -> Summary:
         raise ValueError(f"duration must be positive, got {duration_s}")
     done = [r for r in results if r.is_success]
     failed = [r for r in results if not r.is_success]
-    total_input = sum(r.prompt_len for r in done)
+    total_input = sum(input_tokens(r) for r in done)
     total_output = sum(r.output_tokens or 0 for r in done)
     tpots = [t for t in (time_per_output_token(r) for r in done) if t is not None]
     return Summary(

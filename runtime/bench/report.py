@@ -18,7 +18,7 @@ PERCENTILE_NAMES = (("median", "p50"), ("p90", "p90"), ("p99", "p99"))
 
 
 def _line(label: str, value: object) -> str:
-    return f"{label + ':':<{LABEL_WIDTH}}{value:>{WIDTH - LABEL_WIDTH}}"
+    return f"{label + ':':<{LABEL_WIDTH}}{value!s:>{WIDTH - LABEL_WIDTH}}"
 
 
 def _stats_cells(stats: Stats | None) -> str:

@@ -7,6 +7,8 @@ Every request sleeps `ttft_s` before its first token and `itl_s` between tokens,
   no-done               send the tokens, then end the stream without "data: [DONE]"
   stream-error          send one token, then an error object inside the 200 stream
   no-usage              send no usage chunk (the client must count tokens itself)
+  held-back             every second token comes with empty text, as for a partial UTF-8 character
+Every stream closes with a finish_reason-only chunk (no token), as some servers send.
 Runs uvicorn in a thread with its own event loop, so the client's clock is not shared with it.
 """
 
@@ -31,6 +33,7 @@ class FakeBehaviour:
     ttft_s: float = 0.05
     itl_s: float = 0.01
     piece: str = " ka"
+    prompt_tokens: int | None = None  # usage.prompt_tokens to report; None leaves it out
     model: str = "fake-model"
     received: list[dict] = field(default_factory=list)
     in_flight: int = 0
@@ -41,14 +44,22 @@ def sse(obj: object) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-def chunk(endpoint: str, text: str | None, usage: dict | None = None) -> dict:
-    if text is None:
+def chunk(endpoint: str, text: str | None, usage: dict | None = None, finish: str | None = None) -> dict:
+    if text is None and finish is None:
         choices = []
     elif endpoint == "chat":
-        choices = [{"index": 0, "delta": {"content": text}, "finish_reason": None}]
+        delta = {} if text is None else {"content": text}
+        choices = [{"index": 0, "delta": delta, "finish_reason": finish}]
     else:
-        choices = [{"index": 0, "text": text, "finish_reason": None}]
+        choices = [{"index": 0, "text": text or "", "finish_reason": finish}]
     return {"id": "x", "object": "chunk", "choices": choices, "usage": usage}
+
+
+def usage_for(behaviour: FakeBehaviour, max_tokens: int) -> dict:
+    usage = {"completion_tokens": max_tokens}
+    if behaviour.prompt_tokens is not None:
+        usage["prompt_tokens"] = behaviour.prompt_tokens
+    return usage
 
 
 async def token_stream(behaviour: FakeBehaviour, endpoint: str, body: dict):
@@ -69,10 +80,11 @@ async def token_stream(behaviour: FakeBehaviour, endpoint: str, body: dict):
                     {"object": "error", "message": "engine fault", "type": "InternalError", "code": 500}
                 )
                 return
-            yield sse(chunk(endpoint, behaviour.piece))
+            held_back = model == "held-back" and index % 2 == 1
+            yield sse(chunk(endpoint, "" if held_back else behaviour.piece))
+        yield sse(chunk(endpoint, None, finish="length"))
         if model != "no-usage":
-            usage = {"prompt_tokens": 1, "completion_tokens": max_tokens, "total_tokens": max_tokens + 1}
-            yield sse(chunk(endpoint, None, usage))
+            yield sse(chunk(endpoint, None, usage_for(behaviour, max_tokens)))
         if model != "no-done":
             yield "data: [DONE]\n\n"
     finally:

@@ -9,7 +9,7 @@ from fleetserve.runtime.bench.client import (
     EndpointConfig,
     build_payload,
     chunk_error,
-    chunk_text,
+    chunk_token,
     send_request,
 )
 from fleetserve.runtime.bench.workloads import BenchRequest
@@ -39,6 +39,21 @@ async def test_timings_match_the_servers_sleeps(fake_server, endpoint):
     assert 0.45 - RESOLUTION_S <= result.latency <= 0.45 + 2 * SLACK_S
     assert result.generated_text == " ka" * 6
     assert result.usage_output_tokens == 6
+
+
+async def test_tokens_with_held_back_text_still_count_as_arrivals(fake_server):
+    fake_server.behaviour.ttft_s, fake_server.behaviour.itl_s = 0.05, 0.03
+    result = await send(fake_server, "held-back", max_tokens=6)
+    assert result.is_success
+    assert len(result.itl) == 5  # six arrivals; the closing finish_reason chunk is not one
+    assert all(gap >= 0.03 - RESOLUTION_S for gap in result.itl)
+    assert result.generated_text == " ka" * 3
+
+
+async def test_usage_prompt_tokens_are_recorded(fake_server):
+    fake_server.behaviour.prompt_tokens = 21
+    result = await send(fake_server, "fake-model")
+    assert (result.usage_prompt_tokens, result.usage_output_tokens) == (21, 6)
 
 
 async def test_no_usage_chunk_leaves_counting_to_the_tokenizer(fake_server):
@@ -93,14 +108,21 @@ def test_payload_for_chat_without_ignore_eos():
     assert "prompt" not in payload and "ignore_eos" not in payload
 
 
-def test_chunk_text_and_errors():
-    assert (
-        chunk_text({"choices": [{"delta": {"role": "assistant", "content": ""}}]}, "/v1/chat/completions")
-        == ""
-    )
-    assert chunk_text({"choices": [{"delta": {"reasoning_content": "hm"}}]}, "/v1/chat/completions") == "hm"
-    assert chunk_text({"choices": [{"text": "x"}]}, "/v1/completions") == "x"
-    assert chunk_text({"choices": [], "usage": {"completion_tokens": 3}}, "/v1/completions") == ""
+def test_which_chunks_carry_a_token():
+    chat, completions = "/v1/chat/completions", "/v1/completions"
+    assert chunk_token({"choices": [{"delta": {"role": "assistant", "content": ""}}]}, chat) is None
+    assert chunk_token({"choices": [{"delta": {"role": "assistant", "content": "Hi"}}]}, chat) == "Hi"
+    assert chunk_token({"choices": [{"delta": {"reasoning_content": "hm"}}]}, chat) == "hm"
+    assert chunk_token({"choices": [{"delta": {"content": ""}, "finish_reason": None}]}, chat) == ""
+    assert chunk_token({"choices": [{"delta": {}, "finish_reason": "stop"}]}, chat) is None
+    assert chunk_token({"choices": [{"text": "x"}]}, completions) == "x"
+    assert chunk_token({"choices": [{"text": "", "finish_reason": None}]}, completions) == ""
+    assert chunk_token({"choices": [{"text": "", "finish_reason": "length"}]}, completions) is None
+    assert chunk_token({"choices": [{"text": "y", "finish_reason": "length"}]}, completions) == "y"
+    assert chunk_token({"choices": [], "usage": {"completion_tokens": 3}}, completions) is None
+
+
+def test_stream_errors():
     assert chunk_error({"error": {"message": "boom"}}) == "boom"
     assert chunk_error({"object": "error", "message": "bad"}) == "bad"
     assert chunk_error({"choices": []}) is None

@@ -50,10 +50,11 @@ def test_time_per_output_token_excludes_the_first_token():
 
 
 def test_summarize_hand_computed():
-    ok_a = RequestResult(10, True, None, 0.1, [0.2, 0.2, 0.25, 0.25], 1.0, "", 5, 5)
-    ok_b = RequestResult(20, True, None, 0.3, [0.17] * 10, 2.0, "", None, 11)
-    failed = RequestResult(40, False, "HTTP 503: queue full", None, [], 0.01)
-    dropped = RequestResult(40, False, "RemoteProtocolError: peer closed", 0.05, [0.1], 0.3)
+    ok_a = RequestResult(10, True, ttft=0.1, itl=[0.2, 0.2, 0.25, 0.25], latency=1.0, output_tokens=5)
+    ok_a.usage_output_tokens = 5
+    ok_b = RequestResult(20, True, ttft=0.3, itl=[0.17] * 10, latency=2.0, output_tokens=11)
+    failed = RequestResult(40, False, "HTTP 503: queue full", latency=0.01)
+    dropped = RequestResult(40, False, "RemoteProtocolError: peer closed", ttft=0.05, itl=[0.1], latency=0.3)
     summary = summarize([ok_a, failed, ok_b, dropped], duration_s=4.0)
 
     assert (summary.num_completed, summary.num_failed) == (2, 2)
@@ -70,6 +71,12 @@ def test_summarize_hand_computed():
     assert summary.e2el_ms.p99 == pytest.approx(1000 + 1000 * 0.99)
     assert summary.output_token_source == "mixed"
     assert summary.errors == {"HTTP 503": 1, "RemoteProtocolError": 1}
+
+
+def test_input_tokens_prefer_the_servers_usage():
+    chat = RequestResult(10, True, ttft=0.1, latency=0.2, output_tokens=1, usage_prompt_tokens=17)
+    plain = RequestResult(10, True, ttft=0.1, latency=0.2, output_tokens=1)
+    assert summarize([chat, plain], duration_s=1.0).total_input_tokens == 27
 
 
 def test_summarize_with_no_success_has_no_latency_figures():
