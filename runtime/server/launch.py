@@ -1,0 +1,150 @@
+"""`fleetserve serve`: parse SGLang-named flags, load the engine, run uvicorn until Ctrl-C.
+
+Ctrl-C (or SIGTERM) stops accepting connections, gives in-flight requests `GRACEFUL_SHUTDOWN_S` to
+finish, cancels the rest (which aborts their engine requests), then stops the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+import uvicorn
+from fleetserve.runtime.wire import DEFAULT_PORT
+
+logger = logging.getLogger(__name__)
+
+GRACEFUL_SHUTDOWN_S = 5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetserve serve", description="OpenAI-compatible runtime server.")
+    p.add_argument("--model-path", help="local HF checkpoint dir or hub id (default: the built-in demo model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--api-key", default=os.environ.get("FLEETSERVE_API_KEY"),
+                   help="require `Authorization: Bearer KEY` (default: $FLEETSERVE_API_KEY)")
+    p.add_argument("--served-model-name", nargs="+", help="name(s) clients use; the first is reported")
+    p.add_argument("--chat-template", help="chat template file or inline Jinja (default: the tokenizer's)")
+    p.add_argument("--context-length", type=int, help="override the model's maximum context length")
+    p.add_argument("--max-running-requests", type=int, default=256)
+    p.add_argument("--max-queued-requests", type=int, help="503 'queue full' beyond this many waiting requests")
+    p.add_argument("--enable-cache-report", action="store_true", help="report usage.prompt_tokens_details")
+    p.add_argument("--reasoning-parser", choices=["qwen3", "qwen3-thinking", "deepseek-r1", "deepseek-v3"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--chunked-prefill-size", type=int, default=2048, help="token budget of one engine step")
+    p.add_argument("--kv-cache-memory-gb", type=float, help="KV cache size (default: engine's choice)")
+    p.add_argument("--disable-radix-cache", action="store_true", help="turn prefix caching off")
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "flashinfer"])
+    p.add_argument("--dp", type=int, default=1, help="engine processes (only 1 for now)")
+    lora = p.add_argument_group("LoRA (accepted; adapters are not served yet)")
+    lora.add_argument("--enable-lora", action="store_true")
+    lora.add_argument("--lora-paths", nargs="*", default=[], metavar="NAME=PATH")
+    lora.add_argument("--max-loras-per-batch", type=int, default=8)
+    lora.add_argument("--max-lora-rank", type=int)
+    return p
+
+
+def engine_config(args: argparse.Namespace, model_path: str) -> Any:
+    from fleetserve.runtime.engine.config import EngineConfig
+
+    return EngineConfig(
+        model_path=model_path,
+        dtype=args.dtype,
+        device=args.device,
+        page_size=args.page_size,
+        max_num_batched_tokens=args.chunked_prefill_size,
+        max_running_requests=args.max_running_requests,
+        context_length=args.context_length,
+        kv_cache_memory_gb=args.kv_cache_memory_gb,
+        enable_prefix_caching=not args.disable_radix_cache,
+        attention_backend=args.attention_backend,
+    )
+
+
+def server_settings(args: argparse.Namespace, model_path: str) -> Any:
+    from fleetserve.runtime.server.chat_template import load_chat_template
+    from fleetserve.runtime.server.state import ServerSettings
+
+    server_args = {k: v for k, v in vars(args).items() if k != "api_key"}
+    server_args["api_key_set"] = args.api_key is not None
+    return ServerSettings(
+        model_path=model_path,
+        served_model_names=list(args.served_model_name or []),
+        api_key=args.api_key or None,
+        chat_template=load_chat_template(args.chat_template),
+        enable_cache_report=args.enable_cache_report,
+        reasoning_parser=args.reasoning_parser,
+        max_running_requests=args.max_running_requests,
+        max_queued_requests=args.max_queued_requests,
+        server_args={**server_args, "model_path": model_path},
+    )
+
+
+def resolve_model_path(model_path: str | None) -> str:
+    if model_path:
+        return model_path
+    from fleetserve.runtime.demo import default_demo_model_dir
+
+    path = str(default_demo_model_dir())
+    logger.info("no --model-path: serving the built-in demo model at %s", path)
+    return path
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.dp != 1:
+        parser.error("--dp > 1 is not implemented yet")
+    if args.enable_lora or args.lora_paths:
+        logger.warning("LoRA is not implemented yet: --enable-lora/--lora-paths are accepted but no adapter "
+                       "is served (requests naming one get 404)")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, announcing where it listens once the socket is bound."""
+
+    def __init__(self, config: uvicorn.Config, model_name: str):
+        super().__init__(config)
+        self.model_name = model_name
+
+    async def startup(self, sockets: list | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host, port = self.config.host, self.config.port
+            print(f"fleetserve serve: {self.model_name} listening on http://{host}:{port} "
+                  f"(OpenAI base_url http://{host}:{port}/v1)", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_args(parser, args)
+    from fleetserve.runtime.engine.async_engine import AsyncEngine
+    from fleetserve.runtime.server.app import build_app
+    from fleetserve.runtime.server.state import ServerState
+
+    model_path = resolve_model_path(args.model_path)
+    try:
+        settings = server_settings(args, model_path)
+    except ValueError as exc:
+        parser.error(str(exc))
+    engine = AsyncEngine.from_config(engine_config(args, model_path))
+    app = build_app(ServerState.build(engine, settings))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            access_log=args.log_level == "debug", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    server = _Server(config, settings.model_name)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

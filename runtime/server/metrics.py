@@ -1,0 +1,127 @@
+"""Prometheus metrics of one server (its own CollectorRegistry, never the global one).
+
+Engine state (running/waiting requests, KV cache usage, prefix-cache counters, preemptions) is read
+from `engine.stats()` when Prometheus scrapes; per-request figures (tokens, latencies, finish
+reasons) are recorded by a `RequestTracker` at the edges of each engine request. Names mirror
+vLLM's with the `fleetserve:` prefix; docs/metrics.md lists them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from fleetserve.runtime.engine.types import EngineStats, RequestOutput
+from fleetserve.runtime.wire import (
+    METRIC_KV_CACHE_USAGE,
+    METRIC_NUM_REQUESTS_RUNNING,
+    METRIC_NUM_REQUESTS_WAITING,
+    METRIC_PREFIX,
+)
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+               7.5, 10.0, 20.0, 40.0, 80.0)
+REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+                   60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+LABELS = ("model_name",)
+
+
+class EngineStatsCollector(Collector):
+    """Turns an `EngineStats` snapshot into gauges and counters at scrape time."""
+
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str):
+        self.stats = stats
+        self.model_name = model_name
+
+    def _gauge(self, name: str, doc: str, value: float) -> Metric:
+        metric = GaugeMetricFamily(name, doc, labels=LABELS)
+        metric.add_metric([self.model_name], value)
+        return metric
+
+    def _counter(self, name: str, doc: str, value: float) -> Metric:
+        metric = CounterMetricFamily(name, doc, labels=LABELS)
+        metric.add_metric([self.model_name], value)
+        return metric
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats()
+        yield self._gauge(METRIC_NUM_REQUESTS_RUNNING, "Requests in the running batch.", s.num_running)
+        yield self._gauge(METRIC_NUM_REQUESTS_WAITING, "Requests waiting to be scheduled.", s.num_waiting)
+        yield self._gauge(METRIC_KV_CACHE_USAGE, "Fraction of KV cache pages held by live requests (0-1).",
+                          s.kv_cache_usage)
+        yield self._counter(f"{METRIC_PREFIX}prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                            s.prefix_cache_queries)
+        yield self._counter(f"{METRIC_PREFIX}prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+                            s.prefix_cache_hits)
+        yield self._counter(f"{METRIC_PREFIX}num_preemptions", "Requests preempted (pages ran out).",
+                            s.num_preemptions)
+
+
+class ServerMetrics:
+    def __init__(self, model_name: str, stats: Callable[[], EngineStats]):
+        self.model_name = model_name
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(EngineStatsCollector(stats, model_name))
+        p, reg = METRIC_PREFIX, self.registry
+        self.prompt_tokens = Counter(f"{p}prompt_tokens", "Prompt tokens processed.", LABELS, registry=reg)
+        self.generation_tokens = Counter(f"{p}generation_tokens", "Tokens generated.", LABELS, registry=reg)
+        self.cached_tokens = Counter(f"{p}prompt_tokens_cached", "Prompt tokens served from the prefix cache.",
+                                     LABELS, registry=reg)
+        self.request_success = Counter(f"{p}request_success", "Finished requests by finish reason.",
+                                       (*LABELS, "finished_reason"), registry=reg)
+        self.ttft = Histogram(f"{p}time_to_first_token_seconds", "Time from arrival to the first token.",
+                              LABELS, buckets=TTFT_BUCKETS, registry=reg)
+        self.itl = Histogram(f"{p}inter_token_latency_seconds", "Time between successive outputs of a request.",
+                             LABELS, buckets=ITL_BUCKETS, registry=reg)
+        self.e2e = Histogram(f"{p}e2e_request_latency_seconds", "Time from arrival to the last token.",
+                             LABELS, buckets=REQUEST_BUCKETS, registry=reg)
+        self.queue_time = Histogram(f"{p}request_queue_time_seconds", "Time from arrival to first scheduled.",
+                                    LABELS, buckets=REQUEST_BUCKETS, registry=reg)
+
+    def track(self) -> RequestTracker:
+        return RequestTracker(self)
+
+
+class RequestTracker:
+    """Latencies and token counts of one engine request, recorded as its outputs arrive."""
+
+    __slots__ = ("arrival", "finish_reasons", "last_output", "m", "num_cached", "num_prompt")
+
+    def __init__(self, metrics: ServerMetrics):
+        self.m = metrics
+        self.arrival = time.perf_counter()
+        self.last_output: float | None = None
+        self.num_prompt = 0
+        self.num_cached = 0
+        self.finish_reasons: list[str] = []
+
+    def observe(self, output: RequestOutput) -> None:
+        now = time.perf_counter()
+        name = self.m.model_name
+        self.num_prompt, self.num_cached = output.num_prompt_tokens, output.num_cached_tokens
+        if output.queue_time is not None:
+            self.m.queue_time.labels(name).observe(output.queue_time)
+        num_new = sum(len(o.new_token_ids) for o in output.outputs)
+        if num_new:
+            if self.last_output is None:
+                self.m.ttft.labels(name).observe(now - self.arrival)
+            else:
+                self.m.itl.labels(name).observe(now - self.last_output)
+            self.last_output = now
+            self.m.generation_tokens.labels(name).inc(num_new)
+        self.finish_reasons += [o.finish_reason for o in output.outputs if o.finish_reason is not None]
+
+    def finish(self, aborted: bool) -> None:
+        """Record the end: one `request_success` per finished sequence, one `abort` if cut short."""
+        name = self.m.model_name
+        self.m.e2e.labels(name).observe(time.perf_counter() - self.arrival)
+        self.m.prompt_tokens.labels(name).inc(self.num_prompt)
+        self.m.cached_tokens.labels(name).inc(self.num_cached)
+        for reason in self.finish_reasons + (["abort"] if aborted else []):
+            self.m.request_success.labels(name, reason).inc()
