@@ -37,6 +37,15 @@ NON_ASCII = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The CPU is shared; one intra-op thread is faster here than threads spinning against each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def demo_dirs(demo_model) -> dict[str, Path]:
     """The tiny seed-0 checkpoints, from the suite-wide `demo_model` fixture (tests/conftest.py)."""
@@ -342,7 +351,7 @@ def greedy_margins(model, tokenizer, steps: int) -> tuple[list[float], list[list
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_decoding_has_clear_margins_and_varied_output(arch, models, tokenizers_):
-    margins, outputs = greedy_margins(models[arch], tokenizers_[arch], steps=50)
+    margins, outputs = greedy_margins(models[arch], tokenizers_[arch], steps=40)
     # Measured over 400 steps: medians 1.5-2.1, 76-85% of steps above 0.5 (logit std is about 8).
     assert statistics.median(margins) > 0.8
     assert sum(m > 0.5 for m in margins) / len(margins) > 0.6
@@ -359,5 +368,5 @@ def test_context_changes_predictions(arch, models, tokenizers_):
     ids = tokenizers_[arch](" ".join(NON_ASCII), return_tensors="pt").input_ids
     with torch.no_grad():
         full = model(ids).logits[0].argmax(-1)
-        alone = torch.stack([model(ids[:, i : i + 1]).logits[0, -1].argmax() for i in range(ids.shape[1])])
+        alone = model(ids.T).logits[:, 0].argmax(-1)  # each token as its own one-token sequence
     assert (full[1:] != alone[1:]).float().mean() > 0.5
