@@ -37,7 +37,9 @@ def check_request(state: ServerState, prompt_ids: list[int], params: SamplingPar
     """Everything about one engine request that can be a 400, before it is admitted."""
     if not prompt_ids:
         raise bad_request("the prompt is empty", "prompt")
-    check_token_ids(state, set(params.logit_bias), "logit_bias")
+    # A bias on an id beyond the vocabulary names no token and cannot change sampling: it is dropped
+    # (SGLang's documented examples bias ids such as 67890 whatever the model's vocabulary).
+    params.logit_bias = {t: bias for t, bias in params.logit_bias.items() if t < state.vocab_size}
     check_token_ids(state, set(params.stop_token_ids), "stop_token_ids")
     try:
         state.engine.check_request(prompt_ids, params)

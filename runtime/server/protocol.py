@@ -78,7 +78,7 @@ class SamplingRequest(StrictModel):
     def _check_common(self) -> SamplingRequest:
         if self.logit_bias:
             for key in self.logit_bias:
-                if not key.lstrip("-").isdigit():
+                if not key.isdigit():
                     raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
         constraints = [self.regex is not None, self.ebnf is not None, self._is_json_format()]
         if sum(constraints) > 1:
