@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from fleetserve.runtime.demo.spec import build_config, dims_for
-from fleetserve.runtime.demo.tokenizer import ENDOFTEXT, IM_END, added_tokens_for, write_tokenizer_files
+from fleetserve.runtime.demo.tokenizer import ENDOFTEXT, IM_END, added_token_ids, write_tokenizer_files
 from fleetserve.runtime.demo.weights import init_weights
 from safetensors.torch import save
 
@@ -36,7 +36,7 @@ def write_demo_model(path: str | Path, arch: str = "llama", seed: int = 0, size:
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = write_tokenizer_files(directory, arch)
-    token_ids = {content: tokenizer.token_to_id(content) for content, _ in added_tokens_for(arch)}
+    token_ids = added_token_ids(tokenizer, arch)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     _write_json(directory / "config.json", build_config(arch, size, vocab_size, token_ids))
     _write_json(

@@ -84,14 +84,20 @@ def build_tokenizer(arch: str) -> Tokenizer:
     return tokenizer
 
 
-def special_token_ids(arch: str) -> dict[str, int]:
-    tokenizer = build_tokenizer(arch)
-    return {content: tokenizer.token_to_id(content) for content, _ in added_tokens_for(arch)}
+def added_token_ids(tokenizer: Tokenizer, arch: str) -> dict[str, int]:
+    """Content -> id of every added token of `arch` in `tokenizer` (built by build_tokenizer)."""
+    ids = {}
+    for content, _ in added_tokens_for(arch):
+        token_id = tokenizer.token_to_id(content)
+        assert token_id is not None, f"{content} missing from the {arch} tokenizer"
+        ids[content] = token_id
+    return ids
 
 
 def _tokenizer_config(arch: str, tokenizer: Tokenizer) -> dict:
+    ids = added_token_ids(tokenizer, arch)
     added = {
-        str(tokenizer.token_to_id(content)): {
+        str(ids[content]): {
             "content": content,
             "lstrip": False,
             "normalized": False,

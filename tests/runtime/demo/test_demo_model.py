@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -71,7 +72,8 @@ def file_hashes(directory: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_loads_with_transformers_without_missing_or_unexpected_weights(arch, demo_dirs, tokenizers_):
-    model, info = AutoModelForCausalLM.from_pretrained(demo_dirs[arch], output_loading_info=True)
+    loaded: Any = AutoModelForCausalLM.from_pretrained(demo_dirs[arch], output_loading_info=True)
+    model, info = loaded
     config = model.config
     assert type(config).__name__ == CONFIG_CLASSES[arch]
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
