@@ -95,6 +95,28 @@ def test_streamed_text_equals_full_decode_without_replacement_chars(tokenizer, t
     assert "".join(d.text for d in deltas) + detok.flush() == tokenizer.decode(ids) == text
 
 
+class _CountingTokenizer:
+    """Wraps a tokenizer and records how many ids each decode call gets."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.decoded_lengths: list[int] = []
+
+    def decode(self, ids, **kwargs):
+        self.decoded_lengths.append(len(ids))
+        return self._tokenizer.decode(ids, **kwargs)
+
+
+def test_decoding_cost_per_token_does_not_grow_with_the_output(tokenizer):
+    counting = _CountingTokenizer(tokenizer)
+    ids = tokenizer.encode("naïve café 中文 🙂 hello world " * 40)
+    detok = IncrementalDetokenizer(counting, tokenizer.encode("prompt"))
+    _stream(detok, ids)
+    assert len(ids) > 300
+    assert max(counting.decoded_lengths) <= 8  # a character's bytes plus the previous context
+    assert detok.output_text + detok.flush() == tokenizer.decode(ids)
+
+
 def test_invalid_bytes_are_released_by_flush(tokenizer):
     ids = _ids_for_bytes(tokenizer, b"ok\xe4\xb8")  # ends inside a character
     detok = IncrementalDetokenizer(tokenizer, [])

@@ -215,7 +215,7 @@ def _near_top_p_boundary(logits: torch.Tensor, temperature: float, top_k: int, t
 truncation_params = st.tuples(
     st.sampled_from([0.3, 0.7, 1.0, 2.0]),  # temperature
     st.sampled_from([-1, 0, 1, 2, 5, 30, VOCAB, VOCAB + 5]),  # top_k
-    st.sampled_from([1.0, 0.95, 0.6, 0.2, 0.01]),  # top_p
+    st.sampled_from([1.0, 1.0, 1.0, 0.95, 0.6, 0.2, 0.01]),  # top_p
     st.sampled_from([0.0, 0.05, 0.3, 0.9]),  # min_p
 )
 
@@ -248,6 +248,19 @@ def test_sampled_tokens_stay_inside_the_support(params, seed):
     for i, p in enumerate(params):
         if not _near_top_p_boundary(logits[i], p[0], p[1], p[2]):
             assert set(token_ids[i :: len(params)]) <= _reference_support(logits[i], *p)
+
+
+def test_top_k_keeps_exactly_k_tokens_per_row():
+    logits = _logits(4, seed=16)
+    apply_top_k_top_p(logits, [1, 3, 10, -1], [1.0] * 4)
+    assert [len(_support(row)) for row in logits] == [1, 3, 10, VOCAB]
+
+
+def test_top_p_zero_keeps_only_the_most_likely_token():
+    logits = _logits(2, seed=17)
+    expected = logits.argmax(dim=-1).tolist()
+    apply_top_k_top_p(logits, [-1, 5], [0.0, 0.0])
+    assert [_support(row) for row in logits] == [{expected[0]}, {expected[1]}]
 
 
 # ---------------------------------------------------------------- seeds
@@ -325,6 +338,13 @@ def test_inverse_cdf_on_a_uniform_grid_matches_probabilities_exactly():
     counts = torch.bincount(token_ids, minlength=6).double()
     assert counts[1] == 0 and counts[5] == 0
     assert torch.all((counts - num_draws * probs).abs() <= 1.0)
+
+
+def test_inverse_cdf_extreme_uniforms_never_pick_banned_tokens():
+    neg_inf = float("-inf")
+    logits = torch.tensor([[neg_inf, 1.0, 2.0, neg_inf], [neg_inf, 1.0, 2.0, neg_inf]])
+    uniforms = torch.tensor([0.0, 1.0 - 2.0**-53], dtype=torch.float64)
+    assert draw_inverse_cdf(logits, uniforms).tolist() == [2, 1]
 
 
 @pytest.mark.parametrize(
