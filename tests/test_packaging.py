@@ -1,0 +1,19 @@
+"""pyproject lists its packages by hand (the folder mapping needs it): every package folder must be listed."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = set()
+    for dist_name, folder in config["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([dist_name, *rel.parts]) if rel.parts else dist_name)
+    assert found == listed, f"missing: {sorted(found - listed)}, stale: {sorted(listed - found)}"
