@@ -102,16 +102,22 @@ class KubeClient:
 
     async def connect(self, info: kopf.ConnectionInfo) -> None:
         """(Re)connect with fresh credentials, e.g. after kopf re-logged in on a 401."""
-        await self.close()
-        self._info, self._session = info, None
+        await self._close_session()
+        self._info = info
 
     async def close(self) -> None:
+        """At operator exit: late calls (a timer kopf left running) fail instead of reconnecting."""
+        await self._close_session()
+        self._info = None
+
+    async def _close_session(self) -> None:
         if self._session is not None:
             await self._session.close()
+        self._session = None
 
     def _open(self) -> aiohttp.ClientSession:
         if self._info is None:
-            raise KubeError(0, "not connected: kopf's login handler has not run")
+            raise KubeError(0, "not connected: kopf's login handler has not run or the operator exits")
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=ssl_context(self._info))
             self._session = aiohttp.ClientSession(
