@@ -1,9 +1,10 @@
 """Admission control: refuse a request with 503 "queue full" before it reaches the engine.
 
 `--max-queued-requests` bounds the requests waiting for a running slot. A request is refused when
-the engine reports that many waiting, or when the server already has `max_running_requests +
-max_queued_requests` engine requests in flight (the engine's own count lags a request just handed
-to it, so a burst is caught by the server's count).
+the server already has `max_running_requests + max_queued_requests` engine requests in flight, or
+when the engine reports requests waiting (so a new one would wait too) and one more would exceed
+the bound (the engine may run fewer than max_running_requests when KV pages are short). The server's
+own count catches a burst the engine has not seen yet.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Admission:
         capacity = self.max_running_requests + self.max_queued_requests
         if self.num_in_flight + num_requests > capacity:
             return True
-        return self.stats().num_waiting >= self.max_queued_requests
+        num_waiting = self.stats().num_waiting
+        return num_waiting > 0 and num_waiting + num_requests > self.max_queued_requests
 
     def admit(self, num_requests: int = 1) -> Ticket:
         """Take slots for `num_requests` engine requests or raise a 503."""

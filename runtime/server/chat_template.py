@@ -57,9 +57,11 @@ class ChatRenderer:
         if not self.has_template:
             raise bad_request("this model has no chat template; start the server with --chat-template")
         kwargs = dict(request.chat_template_kwargs or {})
-        for reserved in ("conversation", "tokenize", "chat_template", "tools", "return_dict"):
+        for reserved in ("conversation", "tokenize", "chat_template", "tools", "return_dict",
+                         "add_generation_prompt", "continue_final_message"):
             kwargs.pop(reserved, None)
-        kwargs.setdefault("add_generation_prompt", True)
+        kwargs["add_generation_prompt"] = request.add_generation_prompt
+        kwargs["continue_final_message"] = request.continue_final_message
         messages = [message_dict(m) for m in request.messages]
         try:
             text = self.tokenizer.apply_chat_template(

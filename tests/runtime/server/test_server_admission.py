@@ -38,6 +38,14 @@ def test_admission_counts_in_flight_requests_and_releases_them() -> None:
     assert admission.is_full(2)  # a completions request with two prompts needs two slots
 
 
+def test_a_zero_queue_admits_up_to_the_running_slots() -> None:
+    admission = Admission(max_running_requests=1, max_queued_requests=0, stats=lambda: _stats(0))
+    ticket = admission.admit()
+    assert admission.is_full(1)
+    ticket.release()
+    assert not admission.is_full(1)
+
+
 def test_unbounded_queue_never_refuses() -> None:
     admission = Admission(max_running_requests=1, max_queued_requests=None, stats=lambda: _stats(10_000))
     assert [admission.admit() for _ in range(100)]

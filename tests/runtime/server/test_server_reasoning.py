@@ -90,3 +90,13 @@ def test_enable_thinking_false_puts_an_empty_think_block_in_the_prompt(make_clie
     _chat(client, chat_template_kwargs={"enable_thinking": False})
     prompt = engine.tokenizer.decode(engine.requests[-1][1])
     assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_prefilled_think_block_makes_the_output_reasoning(make_client, engine: FakeEngine) -> None:
+    engine.reply = "still thinking</think>\n\nanswer"
+    client = make_client(reasoning_parser="qwen3")
+    body = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\n"}],
+            "add_generation_prompt": False, "continue_final_message": True, "max_tokens": 100}
+    message = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]
+    assert engine.tokenizer.decode(engine.requests[-1][1]).endswith("<|im_start|>assistant\n<think>\n")
+    assert (message["reasoning_content"], message["content"]) == ("still thinking", "answer")

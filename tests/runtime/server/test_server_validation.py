@@ -62,6 +62,8 @@ BAD_CHAT = [
     ("stream_options without stream", chat(stream_options={"include_usage": True}), "stream_options", None),
     ("system not first (template)", chat(messages=[*USER, {"role": "system", "content": "x"}]),
      "system message must come first", "messages"),
+    ("continue_final_message after a user message", chat(continue_final_message=True, add_generation_prompt=False),
+     "continue_final_message", None),
     ("context overflow", chat(max_tokens=10_000), "exceeds the context length (512)", None),
 ]
 
