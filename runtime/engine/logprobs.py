@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from fleetserve.runtime.engine.row_select import select_rows
 from fleetserve.runtime.engine.types import TokenLogprob
 
 # Upper bound on float32 elements materialized at once by prompt_logprobs (256 MiB).
@@ -26,12 +27,8 @@ def sampled_logprobs(
     results: list[TokenLogprob | None] = [None] * len(num_top)
     if not wanted:
         return results
-    if len(wanted) == len(num_top):
-        logits, chosen = raw_logits, token_ids
-    else:
-        index = torch.tensor(wanted, dtype=torch.long, device=raw_logits.device)
-        logits, chosen = raw_logits[index], token_ids[index]
-    computed = _logprobs_with_top(logits, chosen, [num_top[i] or 0 for i in wanted])
+    index = select_rows(wanted, len(num_top), raw_logits.device)
+    computed = _logprobs_with_top(raw_logits[index], token_ids[index], [num_top[i] or 0 for i in wanted])
     for i, logprob in zip(wanted, computed, strict=True):
         results[i] = logprob
     return results

@@ -18,10 +18,11 @@ Python except flattening the id lists.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from fleetserve.runtime.engine.row_select import select_rows
 
 if TYPE_CHECKING:
     from fleetserve.runtime.engine.sampler import SamplingRow
@@ -52,7 +53,7 @@ def apply_logit_bias(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
 
 
 def apply_min_tokens(
-    logits: torch.Tensor, rows: Sequence[SamplingRow], eos_token_ids: Sequence[int] | set[int]
+    logits: torch.Tensor, rows: Sequence[SamplingRow], eos_token_ids: Collection[int]
 ) -> None:
     entries = [
         (i, token_id, 0.0)
@@ -71,7 +72,7 @@ def apply_min_tokens(
     logits[row_ids[restore], token_ids[restore]] = before[restore]
 
 
-def _stop_token_ids(row: SamplingRow, eos_token_ids: Sequence[int] | set[int]) -> set[int]:
+def _stop_token_ids(row: SamplingRow, eos_token_ids: Collection[int]) -> set[int]:
     banned = set(row.params.stop_token_ids)
     if not row.params.ignore_eos:
         banned.update(eos_token_ids)
@@ -107,7 +108,7 @@ def _apply_repetition_penalty(logits: torch.Tensor, rows: Sequence[SamplingRow],
     histories = [rows[i].prompt_token_ids + rows[i].output_token_ids for i in selected]
     is_seen = token_counts(histories, logits.shape[-1], logits.device) > 0
     penalty = _column([rows[i].params.repetition_penalty for i in selected], logits)
-    index = torch.tensor(selected, dtype=torch.long, device=logits.device)
+    index = select_rows(selected, logits.shape[0], logits.device)
     sub = logits[index]
     penalized = torch.where(sub > 0, sub / penalty, sub * penalty)
     logits[index] = torch.where(is_seen, penalized, sub)
@@ -117,7 +118,7 @@ def _apply_frequency_presence(logits: torch.Tensor, rows: Sequence[SamplingRow],
     counts = token_counts([rows[i].output_token_ids for i in selected], logits.shape[-1], logits.device)
     frequency = _column([rows[i].params.frequency_penalty for i in selected], logits)
     presence = _column([rows[i].params.presence_penalty for i in selected], logits)
-    index = torch.tensor(selected, dtype=torch.long, device=logits.device)
+    index = select_rows(selected, logits.shape[0], logits.device)
     logits[index] -= frequency * counts + presence * (counts > 0).to(torch.float32)
 
 

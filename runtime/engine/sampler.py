@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -59,21 +59,37 @@ class SamplerOutput(NamedTuple):
 def sample(
     logits: torch.Tensor,
     rows: Sequence[SamplingRow],
-    eos_token_ids: set[int] | frozenset[int] = frozenset(),
+    eos_token_ids: Collection[int] = frozenset(),
     allowed_mask: torch.Tensor | None = None,
 ) -> SamplerOutput:
     """Pick one token per row of ``logits`` ([len(rows), vocab], any float dtype, not modified)."""
     if logits.dim() != 2 or logits.shape[0] != len(rows):
         raise ValueError(f"logits of shape {tuple(logits.shape)} for {len(rows)} rows")
-    processed = logits.to(torch.float32, copy=True)
-    apply_penalties(processed, rows)
-    if allowed_mask is not None:
-        processed.masked_fill_(~allowed_mask, float("-inf"))
-    apply_logit_bias(processed, rows)
-    apply_min_tokens(processed, rows, eos_token_ids)
-    token_ids = _choose_tokens(processed, rows)
+    if allowed_mask is None and all(_is_plain_greedy(row) for row in rows):
+        token_ids = logits.argmax(dim=-1)  # nothing to process: no copy
+    else:
+        processed = logits.to(torch.float32, copy=True)
+        apply_penalties(processed, rows)
+        if allowed_mask is not None:
+            processed.masked_fill_(~allowed_mask, float("-inf"))
+        apply_logit_bias(processed, rows)
+        apply_min_tokens(processed, rows, eos_token_ids)
+        token_ids = _choose_tokens(processed, rows)
     logprobs = sampled_logprobs(logits, token_ids, [row.params.logprobs for row in rows])
     return SamplerOutput(token_ids.tolist(), logprobs)
+
+
+def _is_plain_greedy(row: SamplingRow) -> bool:
+    """Greedy with nothing that changes the logits: the argmax of the raw logits."""
+    params = row.params
+    return (
+        params.is_greedy
+        and params.repetition_penalty == 1.0
+        and params.frequency_penalty == 0.0
+        and params.presence_penalty == 0.0
+        and not params.logit_bias
+        and len(row.output_token_ids) >= params.min_tokens
+    )
 
 
 def _choose_tokens(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:

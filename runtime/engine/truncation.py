@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from fleetserve.runtime.engine.row_select import select_rows
 
 _NEG_INF = float("-inf")
 
@@ -54,10 +55,7 @@ def apply_min_p(logits: torch.Tensor, min_ps: Sequence[float]) -> None:
 
 def _update_rows(logits: torch.Tensor, selected: list[int], transform) -> None:
     """Replace the selected rows of ``logits`` by ``transform(those rows)``."""
-    if len(selected) == logits.shape[0]:
-        logits.copy_(transform(logits))
-        return
-    index = torch.tensor(selected, dtype=torch.long, device=logits.device)
+    index = select_rows(selected, logits.shape[0], logits.device)
     logits[index] = transform(logits[index])
 
 
