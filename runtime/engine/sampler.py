@@ -125,7 +125,9 @@ def draw_inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tens
     weights = torch.exp(logits - logits.max(dim=-1, keepdim=True).values)
     cdf = torch.cumsum(weights, dim=-1, dtype=torch.float64)
     target = (1.0 - uniforms) * cdf[:, -1]
-    return torch.searchsorted(cdf, target.unsqueeze(1)).squeeze(1)
+    token_ids = torch.searchsorted(cdf, target.unsqueeze(1)).squeeze(1)
+    # A row with no allowed token at all (NaN weights) must still yield an id inside the vocabulary.
+    return token_ids.clamp_(max=logits.shape[-1] - 1)
 
 
 def _uniform(row: SamplingRow) -> float:

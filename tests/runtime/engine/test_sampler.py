@@ -187,6 +187,14 @@ def test_allowed_mask_restricts_choice_and_min_tokens_yields_to_it():
     assert token_ids[2] == EOS
 
 
+def test_row_with_nothing_allowed_still_yields_an_id_in_the_vocabulary():
+    allowed = torch.zeros(2, VOCAB, dtype=torch.bool)
+    token_ids = sample(
+        _logits(2), [_row(temperature=1.0), _row(temperature=0.0)], allowed_mask=allowed
+    ).token_ids
+    assert all(0 <= token < VOCAB for token in token_ids)
+
+
 # ---------------------------------------------------------------- top-k, top-p, min-p
 
 
