@@ -1,0 +1,225 @@
+"""The pure builders: manifests from a spec, checked field by field and against Kubernetes' schemas."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+from fleetserve.operator import defaults
+from fleetserve.operator.children import build_children, desired_replicas, service_url
+from fleetserve.operator.meta import Owner
+from fleetserve.operator.runtime_manifests import build_runtime_deployment, serve_args
+from fleetserve.operator.spec import InferenceServiceSpec
+from fleetserve.runtime import wire
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+K8S_VERSION = "1.30"
+OWNER = Owner(name="qwen", namespace="ml", uid="uid-1")
+IMAGE = "registry.test/fleetserve:1"
+MINIMAL = {"model": {"source": "hf://Qwen/Qwen2.5-0.5B-Instruct"}}
+GPU_INGRESS = {
+    "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama",
+              "hubTokenSecret": {"name": "hf"}},
+    "runtime": {"resources": {"gpus": 2, "requests": {"cpu": 8, "memory": "64Gi"}, "limits": {"memory": "80Gi"}},
+                "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "contextLength": 32768, "maxRunningRequests": 128, "dtype": "bfloat16"},
+    "replicas": {"min": 1, "max": 4},
+    "router": {"policy": "least_load", "replicas": 2},
+    "ingress": {"host": "llm.example.com", "className": "nginx", "tlsSecretName": "llm-tls",
+                "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"}},
+    "apiKeySecret": {"name": "llm-keys"},
+}
+PVC_LORA = {
+    "model": {"source": "pvc://models/qwen3/8b"},
+    "runtime": {"env": [{"name": "A", "value": "1"}, {"name": "B", "secretKeyRef": {"name": "s", "key": "k"}}],
+                "args": ["--chunked-prefill-size", "4096"], "maxQueuedRequests": 0},
+    "adapters": [{"name": "sql", "source": "pvc://models/adapters/sql"}],
+    "replicas": {"count": 0},
+}
+SPECS = {"minimal": MINIMAL, "gpu-ingress": GPU_INGRESS, "pvc-lora": PVC_LORA}
+
+
+def spec_of(raw: dict) -> InferenceServiceSpec:
+    return InferenceServiceSpec.model_validate(raw)
+
+
+def runtime_pod(raw: dict) -> dict:
+    return build_runtime_deployment(OWNER, spec_of(raw), IMAGE, 1)["spec"]["template"]["spec"]
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_child_validates_against_kubernetes_schemas(name):
+    for manifest in build_children(OWNER, spec_of(SPECS[name]), IMAGE, 2):
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_hub_model_is_downloaded_with_the_token_from_its_secret():
+    pod = runtime_pod(GPU_INGRESS)
+    (container,) = pod["containers"]
+    assert flag(container["args"], "--model-path") == "meta-llama/Llama-3.1-8B-Instruct"
+    assert flag(container["args"], "--served-model-name") == "llama"
+    env = {e["name"]: e for e in container["env"]}
+    assert env[defaults.ENV_HF_TOKEN]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert env[defaults.ENV_API_KEY]["valueFrom"] == {"secretKeyRef": {"name": "llm-keys", "key": "api-key"}}
+    assert "--api-key" not in container["args"]  # a key on the command line would show in `ps` and events
+    assert all(v.get("persistentVolumeClaim") is None for v in pod["volumes"])
+
+
+def test_pvc_model_is_mounted_read_only():
+    pod = runtime_pod(PVC_LORA)
+    (container,) = pod["containers"]
+    assert flag(container["args"], "--model-path") == f"{defaults.MODEL_MOUNT_PATH}/qwen3/8b"
+    assert flag(container["args"], "--served-model-name") == "8b"
+    volume = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    assert volume["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    assert mount == {"name": volume["name"], "mountPath": defaults.MODEL_MOUNT_PATH, "readOnly": True}
+
+
+def test_gpus_become_nvidia_resources_cuda_device_and_shared_memory():
+    pod = runtime_pod(GPU_INGRESS)
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"] == {"memory": "80Gi", "nvidia.com/gpu": "2"}
+    assert container["resources"]["requests"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"}
+    assert flag(container["args"], "--device") == "cuda"
+    assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_cpu_only_spec_runs_on_cpu_without_gpu_resources():
+    (container,) = runtime_pod(MINIMAL)["containers"]
+    assert flag(container["args"], "--device") == "cpu"
+    assert "nvidia.com/gpu" not in str(container.get("resources"))
+
+
+def test_probes_give_a_loading_model_its_whole_startup_budget():
+    raw = {**MINIMAL, "runtime": {"startupTimeoutSeconds": 3600}}
+    (container,) = runtime_pod(raw)["containers"]
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": wire.PATH_HEALTH, "port": "http"}
+    assert container["ports"] == [{"name": "http", "containerPort": wire.DEFAULT_PORT, "protocol": "TCP"}]
+
+
+def test_pods_run_non_root_without_api_access_and_drain_on_stop():
+    pod = runtime_pod(MINIMAL)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["terminationGracePeriodSeconds"] == defaults.TERMINATION_GRACE_SECONDS
+
+
+def test_serve_args_carry_the_engine_settings_then_the_users_extra_args():
+    args = serve_args(spec_of(GPU_INGRESS))
+    assert args[0] == "serve"
+    assert (flag(args, "--context-length"), flag(args, "--max-running-requests")) == ("32768", "128")
+    assert (flag(args, "--dtype"), flag(args, "--port"), flag(args, "--host")) == ("bfloat16", "30000", "0.0.0.0")
+    assert "--enable-cache-report" in args and "--enable-lora" not in args
+    lora = serve_args(spec_of(PVC_LORA))
+    assert "--enable-lora" in lora
+    assert flag(lora, "--max-queued-requests") == "0"
+    assert lora[-2:] == ["--chunked-prefill-size", "4096"]
+
+
+def test_user_env_keeps_literal_and_secret_values():
+    env = runtime_pod(PVC_LORA)["containers"][0]["env"]
+    assert {"name": "A", "value": "1"} in env
+    assert {"name": "B", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}} in env
+
+
+def by_kind(raw: dict) -> dict[tuple[str, str], dict]:
+    return {(m["kind"], m["metadata"]["name"]): m for m in build_children(OWNER, spec_of(raw), IMAGE, 1)}
+
+
+def test_router_discovers_runtime_pods_with_read_only_rights_in_its_namespace():
+    children = by_kind(GPU_INGRESS)
+    router = children[("Deployment", "qwen-router")]
+    assert router["spec"]["replicas"] == 2
+    pod = router["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "qwen-router"
+    assert pod["containers"][0]["args"] == ["router", "--host", "0.0.0.0", "--port", str(wire.ROUTER_PORT),
+                                            "--k8s-service", "qwen-runtime", "--k8s-namespace", "ml",
+                                            "--policy", "least_load"]
+    rules = children[("Role", "qwen-router")]["rules"]
+    assert rules == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+    ]
+    binding = children[("RoleBinding", "qwen-router")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "qwen-router", "namespace": "ml"}]
+    assert binding["roleRef"]["name"] == "qwen-router"
+    service = children[("Service", "qwen")]
+    assert service["spec"]["selector"] == router["spec"]["selector"]["matchLabels"]
+
+
+def test_ingress_points_at_the_router_service_with_tls():
+    ingress = by_kind(GPU_INGRESS)[("Ingress", "qwen")]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"hosts": ["llm.example.com"], "secretName": "llm-tls"}]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]
+    assert backend == {"service": {"name": "qwen", "port": {"number": defaults.SERVICE_PORT}}}
+    assert ingress["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"}
+    assert service_url(OWNER, spec_of(GPU_INGRESS)) == "https://llm.example.com"
+    assert ("Ingress", "qwen") not in by_kind(MINIMAL)
+
+
+def test_every_child_is_owned_and_labelled():
+    for manifest in build_children(OWNER, spec_of(GPU_INGRESS), IMAGE, 1):
+        meta = manifest["metadata"]
+        assert meta["namespace"] == "ml"
+        assert meta["ownerReferences"][0]["uid"] == "uid-1" and meta["ownerReferences"][0]["controller"]
+        assert meta["labels"][wire.LABEL_SERVICE] == "qwen"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "fleetserve-operator"
+
+
+@pytest.mark.parametrize(
+    ("replicas", "autoscaling", "status", "expected"),
+    [
+        ({}, False, {}, 1),
+        ({"min": 2, "max": 5}, False, {}, 2),
+        ({"min": 1, "max": 5, "count": 4}, False, {}, 4),
+        ({"count": 0}, False, {}, 0),
+        ({"min": 2, "max": 5}, True, {}, 2),
+        ({"min": 2, "max": 5}, True, {"desiredReplicas": 4}, 4),
+        ({"min": 2, "max": 5}, True, {"desiredReplicas": 9}, 5),
+        ({"min": 2, "max": 5, "count": 1}, True, {"desiredReplicas": 1}, 2),
+    ],
+)
+def test_desired_replicas(replicas, autoscaling, status, expected):
+    spec = spec_of({**MINIMAL, "replicas": replicas, "autoscaling": {"enabled": autoscaling}})
+    assert desired_replicas(spec, status) == expected
+
+
+quantity = st.one_of(st.integers(1, 64), st.sampled_from(["500m", "2", "8Gi", "512Mi"]))
+specs = st.fixed_dictionaries(
+    {"model": st.fixed_dictionaries({"source": st.sampled_from(["hf://org/m", "pvc://c/p/q", "pvc://c"])})},
+    optional={
+        "runtime": st.fixed_dictionaries({}, optional={
+            "resources": st.fixed_dictionaries({}, optional={
+                "gpus": st.integers(0, 8),
+                "requests": st.dictionaries(st.sampled_from(["cpu", "memory"]), quantity, max_size=2)}),
+            "args": st.lists(st.text("abcdef-", min_size=1, max_size=8), max_size=3),
+            "contextLength": st.integers(1, 1 << 20),
+            "logLevel": st.sampled_from(["debug", "info"]),
+        }),
+        "router": st.fixed_dictionaries({}, optional={
+            "policy": st.sampled_from(["cache_aware", "round_robin", "least_load", "random"]),
+            "replicas": st.integers(1, 5)}),
+        "ingress": st.fixed_dictionaries({"host": st.sampled_from(["a.example.com", "llm.test"])}),
+    },
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=specs, replicas=st.integers(0, 16))
+def test_any_valid_spec_builds_valid_manifests(raw, replicas):
+    for manifest in build_children(OWNER, spec_of(raw), IMAGE, replicas):
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)

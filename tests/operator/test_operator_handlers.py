@@ -1,0 +1,164 @@
+"""kopf handlers called directly with kopf.Body, kopf.Patch and a logger, over an in-memory API."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import kopf
+import pytest
+from fleetserve.operator.config import OperatorConfig
+from fleetserve.operator.handlers import inference_services, on_child_event, on_inference_service
+from fleetserve.operator.kube import KubeError, Ref
+
+LOGGER = logging.getLogger("test")
+CONFIG = OperatorConfig(runtime_image="registry.test/fleetserve:1")
+
+
+class FakeKube:
+    """The KubeClient interface over a dict; records every write."""
+
+    def __init__(self, fail_with: int | None = None) -> None:
+        self.objects: dict[Ref, dict] = {}
+        self.writes: list[tuple[str, Ref]] = []
+        self.status_patches: list[tuple[Ref, dict]] = []
+        self.fail_with = fail_with
+
+    async def get(self, ref):
+        if self.fail_with:
+            raise KubeError(self.fail_with, "boom")
+        return copy.deepcopy(self.objects.get(ref))
+
+    async def create(self, manifest):
+        ref = Ref.of(manifest)
+        self.writes.append(("create", ref))
+        self.objects[ref] = copy.deepcopy(manifest)
+        return copy.deepcopy(manifest)
+
+    async def apply(self, manifest):
+        ref = Ref.of(manifest)
+        self.writes.append(("apply", ref))
+        self.objects[ref] = copy.deepcopy(manifest)
+        return copy.deepcopy(manifest)
+
+    async def delete(self, ref):
+        self.writes.append(("delete", ref))
+        return self.objects.pop(ref, None) is not None
+
+    async def patch_status(self, ref, status):
+        self.status_patches.append((ref, status))
+        return {}
+
+
+def memo(client: FakeKube) -> kopf.Memo:
+    return kopf.Memo(client=client, config=CONFIG)
+
+
+def body(spec: dict, status: dict | None = None, generation: int = 1) -> kopf.Body:
+    return kopf.Body({"apiVersion": "fleetserve.io/v1alpha1", "kind": "InferenceService",
+                      "metadata": {"name": "qwen", "namespace": "ml", "uid": "u1", "generation": generation},
+                      "spec": spec, "status": status or {}})
+
+
+def as_kopf_index(entries: dict) -> dict:
+    """kopf keeps every value an indexer returned for a key: key -> collection of values."""
+    return {key: [value] for key, value in entries.items()}
+
+
+SPEC = {"model": {"source": "hf://Qwen/Qwen3-8B"}}
+
+
+async def reconcile_once(client: FakeKube, raw: kopf.Body) -> kopf.Patch:
+    patch = kopf.Patch()
+    await on_inference_service(body=raw, patch=patch, logger=LOGGER, memo=memo(client))
+    return patch
+
+
+async def test_first_reconcile_creates_children_and_reports_not_ready():
+    client = FakeKube()
+    patch = await reconcile_once(client, body(SPEC))
+    created = {(ref.kind, ref.name) for verb, ref in client.writes if verb == "create"}
+    assert created == {("ServiceAccount", "qwen-router"), ("Role", "qwen-router"), ("RoleBinding", "qwen-router"),
+                       ("Service", "qwen-runtime"), ("Deployment", "qwen-runtime"), ("Service", "qwen"),
+                       ("Deployment", "qwen-router")}
+    ready = patch["status"]["conditions"][0]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "RuntimeNotReady")
+    assert patch["status"]["url"] == "http://qwen.ml.svc.cluster.local"
+    assert patch["status"]["observedGeneration"] == 1
+
+
+async def test_second_reconcile_of_an_unchanged_spec_writes_nothing():
+    client = FakeKube()
+    first = await reconcile_once(client, body(SPEC))
+    client.writes.clear()
+    second = await reconcile_once(client, body(SPEC, status=dict(first["status"])))
+    assert client.writes == []
+    assert "status" not in second  # nothing changed, no status write either
+
+
+async def test_changed_spec_is_applied_to_the_runtime_deployment():
+    client = FakeKube()
+    await reconcile_once(client, body(SPEC))
+    client.writes.clear()
+    changed = {**SPEC, "runtime": {"args": ["--page-size", "32"]}, "replicas": {"count": 2}}
+    await reconcile_once(client, body(changed, generation=2))
+    assert [(v, r.kind, r.name) for v, r in client.writes] == [("apply", "Deployment", "qwen-runtime")]
+    runtime = client.objects[Ref("apps/v1", "Deployment", "ml", "qwen-runtime")]
+    assert runtime["spec"]["replicas"] == 2
+    assert runtime["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--page-size", "32"]
+
+
+async def test_invalid_spec_becomes_a_condition_and_touches_nothing():
+    client = FakeKube()
+    patch = await reconcile_once(client, body({"model": {"source": "s3://b/m"}}))
+    assert client.writes == []
+    ready = patch["status"]["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "s3://" in ready["message"]
+
+
+async def test_an_object_owned_by_someone_else_is_left_alone():
+    client = FakeKube()
+    foreign = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "qwen", "namespace": "ml"}}
+    client.objects[Ref.of(foreign)] = foreign
+    patch = await reconcile_once(client, body(SPEC))
+    assert ("apply", Ref.of(foreign)) not in client.writes
+    ready = patch["status"]["conditions"][0]
+    assert ready["reason"] == "ChildConflict" and "Service qwen already exists" in ready["message"]
+
+
+async def test_api_errors_are_retried_by_kopf_not_raised_raw():
+    with pytest.raises(kopf.TemporaryError):
+        await reconcile_once(FakeKube(fail_with=503), body(SPEC))
+
+
+async def test_removing_the_ingress_deletes_it():
+    client = FakeKube()
+    await reconcile_once(client, body({**SPEC, "ingress": {"host": "llm.example.com"}}))
+    ingress = Ref("networking.k8s.io/v1", "Ingress", "ml", "qwen")
+    assert ingress in client.objects
+    await reconcile_once(client, body(SPEC, generation=2))
+    assert ("delete", ingress) in client.writes and ingress not in client.objects
+
+
+async def test_child_event_reconciles_the_parent_and_patches_its_status():
+    client = FakeKube()
+    parent = body(SPEC)
+    index = as_kopf_index(inference_services(namespace="ml", name="qwen", body=parent))
+    await on_child_event(namespace="ml", labels={"fleetserve.io/inference-service": "qwen"}, logger=LOGGER,
+                         memo=memo(client), inference_services=index)
+    ((ref, status),) = client.status_patches
+    assert ref == Ref("fleetserve.io/v1alpha1", "InferenceService", "ml", "qwen")
+    assert status["conditions"][0]["type"] == "Ready"
+    assert ("create", Ref("apps/v1", "Deployment", "ml", "qwen-runtime")) in client.writes
+
+
+async def test_child_event_of_an_unknown_or_deleting_parent_does_nothing():
+    client = FakeKube()
+    deleting = body(SPEC)
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    index = as_kopf_index(inference_services(namespace="ml", name="qwen", body=deleting))
+    for name in ("qwen", "other"):
+        await on_child_event(namespace="ml", labels={"fleetserve.io/inference-service": name}, logger=LOGGER,
+                             memo=memo(client), inference_services=index)
+    assert client.writes == [] and client.status_patches == []
