@@ -88,7 +88,7 @@ class _IncrementalDecoder:
     """Token ids → text, decoding only a window of recent tokens per call."""
 
     def __init__(self, tokenizer, prompt_token_ids: Sequence[int], skip_special_tokens: bool) -> None:
-        self._tokenizer = tokenizer
+        self._backend = _fast_decoder(tokenizer)
         self._skip_special_tokens = skip_special_tokens
         context = list(prompt_token_ids[-_NUM_PROMPT_CONTEXT_TOKENS:])
         self._context_text: str | None = self._decode(context)
@@ -100,7 +100,7 @@ class _IncrementalDecoder:
         self._num_emitted_chars = 0  # of the pending tokens' text (before a held-back U+FFFD run)
 
     def _decode(self, token_ids: list[int]) -> str:
-        return self._tokenizer.decode(token_ids, skip_special_tokens=self._skip_special_tokens)
+        return self._backend.decode(token_ids, skip_special_tokens=self._skip_special_tokens)
 
     def add(self, token_ids: Sequence[int]) -> str:
         if not token_ids:
@@ -134,6 +134,16 @@ class _IncrementalDecoder:
         self._context_text = None
         self._num_emitted_chars = 0
         return delta
+
+
+def _fast_decoder(tokenizer):
+    """The Rust ``tokenizers.Tokenizer`` behind a Hugging Face fast tokenizer when its ``decode`` adds
+    nothing to it (no clean-up of tokenization spaces): ten times cheaper per call than the Python
+    wrapper. Otherwise the tokenizer itself."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return tokenizer
+    return backend
 
 
 class _StopMatcher:
