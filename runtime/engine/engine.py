@@ -17,10 +17,10 @@ import torch
 
 from fleetserve.runtime.engine.config import EngineConfig, ModelConfig
 from fleetserve.runtime.engine.detokenizer import IncrementalDetokenizer
+from fleetserve.runtime.engine.logprobs import prompt_logprobs
 from fleetserve.runtime.engine.model_runner import ModelRunner, StepLogits
 from fleetserve.runtime.engine.outputs import collect_outputs, finish
 from fleetserve.runtime.engine.page_pool import PagePool
-from fleetserve.runtime.engine.logprobs import prompt_logprobs
 from fleetserve.runtime.engine.sampler import SamplingRow, sample
 from fleetserve.runtime.engine.scheduler import ScheduledSequence, Scheduler
 from fleetserve.runtime.engine.sequence import Request, Sequence

@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from fleetserve.runtime.engine.config import EngineConfig
 from fleetserve.runtime.engine.engine import LLMEngine
 from fleetserve.runtime.engine.types import SamplingParams
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from .helpers import absorb
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fleetserve.runtime.engine.detokenizer import IncrementalDetokenizer
 from fleetserve.runtime.engine.page_pool import ROOT_NODE, PagePool
 from fleetserve.runtime.engine.scheduler import Scheduler
