@@ -91,21 +91,18 @@ class TorchAttentionBackend:
         ps = self.page_size
         q_max = max(layout.query_lens[i] for i in seqs)
         l_max = max(layout.kv_lens[i] for i in seqs)
-        b = len(seqs)
         q_len = torch.tensor([layout.query_lens[i] for i in seqs])
         kv_len = torch.tensor([layout.kv_lens[i] for i in seqs])
         q_pos = torch.arange(q_max)
         q_valid = q_pos[None, :] < q_len[:, None]
         q_index = torch.where(q_valid, torch.tensor([starts[i] for i in seqs])[:, None] + q_pos, 0)
-        kv_index = torch.zeros(b, l_max, dtype=torch.long)
-        for row, i in enumerate(seqs):
-            n = layout.kv_lens[i]
-            pages = torch.tensor(layout.page_tables[i][: (n + ps - 1) // ps], dtype=torch.long)
-            pos = torch.arange(n)
-            kv_index[row, :n] = pages[pos // ps] * 2 * ps + pos % ps
+        num_pages = -(-l_max // ps)
+        tables = torch.tensor([(layout.page_tables[i] + [0] * num_pages)[:num_pages] for i in seqs],
+                              dtype=torch.long)  # [B, pages], padded with page 0 (masked out below)
+        key_pos = torch.arange(l_max)
+        kv_index = tables[:, key_pos // ps] * 2 * ps + key_pos % ps
         # absolute position of each query row; a key at position j is visible when j <= that position
         q_abs = (kv_len - q_len)[:, None] + q_pos[None, :]
-        key_pos = torch.arange(l_max)
         mask = key_pos[None, None, :] <= q_abs[:, :, None]
         mask[:, :, 0] |= ~q_valid  # padded query rows see one key so SDPA never divides by zero
         dev = self.device
