@@ -151,6 +151,7 @@ class _StopMatcher:
 
     def __init__(self, stop: Sequence[str], include_stop_str_in_output: bool) -> None:
         self._stops = [s for s in dict.fromkeys(stop) if s]
+        self._prefixes_by_last_char = _proper_prefixes_by_last_char(self._stops)
         self._include_stop = include_stop_str_in_output
         self._pending = ""  # received, not released: a suffix that may begin a stop string
         self._released: list[str] = []
@@ -191,10 +192,18 @@ class _StopMatcher:
 
     def _num_partial_chars(self) -> int:
         """Length of the longest suffix of the pending text that is a proper prefix of a stop string."""
-        longest = 0
-        for stop in self._stops:
-            for length in range(min(len(stop) - 1, len(self._pending)), longest, -1):
-                if stop.startswith(self._pending[-length:]):
-                    longest = length
-                    break
-        return longest
+        if not self._pending:
+            return 0
+        for prefix in self._prefixes_by_last_char.get(self._pending[-1], ()):
+            if self._pending.endswith(prefix):
+                return len(prefix)
+        return 0
+
+
+def _proper_prefixes_by_last_char(stops: Sequence[str]) -> dict[str, list[str]]:
+    """Every proper prefix of the stop strings, grouped by its last character, longest first."""
+    groups: dict[str, set[str]] = {}
+    for stop in stops:
+        for length in range(1, len(stop)):
+            groups.setdefault(stop[length - 1], set()).add(stop[:length])
+    return {char: sorted(prefixes, key=len, reverse=True) for char, prefixes in groups.items()}

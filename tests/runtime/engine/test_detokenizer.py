@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from fleetserve.runtime.demo import default_demo_model_dir
-from fleetserve.runtime.engine.detokenizer import DetokenizerDelta, IncrementalDetokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer
+from tokenizers import Tokenizer, decoders, models, normalizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from fleetserve.runtime.demo import default_demo_model_dir
+from fleetserve.runtime.engine.detokenizer import DetokenizerDelta, IncrementalDetokenizer
 
 REPLACEMENT = "\ufffd"
 PLAIN_ADDED_TOKEN = "<tool_call>"  # an added token that is not special: kept by skip_special_tokens
@@ -17,6 +19,22 @@ PLAIN_ADDED_TOKEN = "<tool_call>"  # an added token that is not special: kept by
 def tokenizer():
     """The demo model's tokenizer: byte-level BPE with ChatML special tokens."""
     return AutoTokenizer.from_pretrained(default_demo_model_dir("qwen2"))
+
+
+@pytest.fixture(scope="module")
+def byte_fallback_tokenizer():
+    """A SentencePiece-style tokenizer (Llama, Mistral): characters outside the vocabulary become
+    <0xNN> byte tokens, and an incomplete character decodes to one U+FFFD per byte."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"<0x{b:02X}>": 3 + b for b in range(256)}
+    for piece in ["▁", "h", "e", "l", "o", "w", "r", "d", "▁hello", "é"]:
+        vocab[piece] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    backend.add_special_tokens(["<s>", "</s>"])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False)
 
 
 def _byte_token_ids(tokenizer) -> dict[int, int]:
@@ -69,6 +87,44 @@ def test_streamed_text_equals_full_decode_without_replacement_chars(tokenizer, t
     deltas = _stream(detok, ids)
     assert all(REPLACEMENT not in delta.text for delta in deltas)
     assert "".join(d.text for d in deltas) + detok.flush() == tokenizer.decode(ids) == text
+
+
+def test_byte_fallback_character_is_emitted_whole(byte_fallback_tokenizer):
+    tokenizer = byte_fallback_tokenizer
+    ids = tokenizer.encode("hello 中🙂 é", add_special_tokens=False)
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    first_byte = tokens.index("<0xE4>")
+    assert tokens[first_byte : first_byte + 7] == [
+        "<0xE4>",
+        "<0xB8>",
+        "<0xAD>",
+        "<0xF0>",
+        "<0x9F>",
+        "<0x99>",
+        "<0x82>",
+    ]
+    detok = IncrementalDetokenizer(tokenizer, [])
+    texts = [delta.text for delta in _stream(detok, ids)]
+    assert texts[first_byte : first_byte + 7] == ["", "", "中", "", "", "", "🙂"]
+    assert "".join(texts) + detok.flush() == tokenizer.decode(ids) == "hello 中🙂 é"
+
+
+# A byte-fallback decoder turns a whole run of byte tokens into U+FFFDs when the run is not valid
+# UTF-8, valid characters before the bad byte included; a stream cannot know that in advance, so
+# the equality with a full decode is checked on valid text.
+@settings(max_examples=150, deadline=None)
+@given(
+    text=st.text(st.characters(exclude_categories=["Cs"]), max_size=20),
+    chunk_sizes=st.lists(st.integers(1, 4)),
+)
+def test_byte_fallback_stream_equals_full_decode(byte_fallback_tokenizer, text, chunk_sizes):
+    tokenizer = byte_fallback_tokenizer
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    detok = IncrementalDetokenizer(tokenizer, [])
+    deltas = _stream(detok, ids, chunk_sizes)
+    if REPLACEMENT not in text:
+        assert all(REPLACEMENT not in d.text for d in deltas)
+    assert "".join(d.text for d in deltas) + detok.flush() == tokenizer.decode(ids)
 
 
 class _CountingTokenizer:
