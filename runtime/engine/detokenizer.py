@@ -10,7 +10,11 @@ or 🙂 across tokens; until the character completes, the decoded window ends wi
 trailing run of U+FFFD is held back (the text before it is emitted), and the window only moves on
 once it decodes cleanly, so the character is emitted whole when its last byte arrives. ``flush``
 releases a run that never completed (it is then part of the final text, as in a full decode).
-For a byte-level tokenizer the concatenated output equals ``tokenizer.decode(output_ids)``.
+For a byte-level tokenizer the concatenated output equals ``tokenizer.decode(output_ids)``. Two
+known differences elsewhere: a SentencePiece byte-fallback decoder replaces a whole invalid byte
+run, valid characters before the bad byte included, which a stream cannot foresee (valid text is
+unaffected); and a decoder that strips the first token's leading space (Metaspace) keeps it here
+when the prompt supplies context, as a completion should (" Paris" after "The capital is").
 
 ``_StopMatcher`` (text → released text): finds stop strings, which may span tokens, and holds back
 the longest suffix of the text that could still begin one, so a stop string is never emitted, not

@@ -109,6 +109,15 @@ def test_byte_fallback_character_is_emitted_whole(byte_fallback_tokenizer):
     assert "".join(texts) + detok.flush() == tokenizer.decode(ids) == "hello 中🙂 é"
 
 
+def test_stripped_leading_space_is_kept_after_a_prompt(byte_fallback_tokenizer):
+    tokenizer = byte_fallback_tokenizer
+    output = tokenizer.encode("world", add_special_tokens=False)  # "▁world": its space is stripped alone
+    with_prompt = IncrementalDetokenizer(tokenizer, tokenizer.encode("hello", add_special_tokens=False))
+    without_prompt = IncrementalDetokenizer(tokenizer, [])
+    assert "".join(d.text for d in _stream(with_prompt, output)) == " world"
+    assert "".join(d.text for d in _stream(without_prompt, output)) == tokenizer.decode(output) == "world"
+
+
 # A byte-fallback decoder turns a whole run of byte tokens into U+FFFDs when the run is not valid
 # UTF-8, valid characters before the bad byte included; a stream cannot know that in advance, so
 # the equality with a full decode is checked on valid text.
