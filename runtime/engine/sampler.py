@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+
 from fleetserve.runtime.engine.logprobs import sampled_logprobs
 from fleetserve.runtime.engine.penalties import apply_logit_bias, apply_min_tokens, apply_penalties
 from fleetserve.runtime.engine.truncation import apply_min_p, apply_top_k_top_p
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 _UNIT_53 = 2.0**-53
 _unseeded_rng = random.Random()
+# A forked engine process (--dp) must not repeat its parent's unseeded draws.
+os.register_at_fork(after_in_child=_unseeded_rng.seed)
 
 
 @dataclass(slots=True)

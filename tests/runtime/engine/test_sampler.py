@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections import Counter
 
 import pytest
 import torch
-from fleetserve.runtime.engine import logprobs as logprobs_module
-from fleetserve.runtime.engine.penalties import apply_penalties
-from fleetserve.runtime.engine.sampler import SamplingRow, draw_inverse_cdf, sample, seeded_uniform
-from fleetserve.runtime.engine.truncation import apply_min_p, apply_top_k_top_p
-from fleetserve.runtime.engine.types import SamplingParams
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.generation.logits_process import (
@@ -20,6 +17,12 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+from fleetserve.runtime.engine import logprobs as logprobs_module
+from fleetserve.runtime.engine.penalties import apply_penalties
+from fleetserve.runtime.engine.sampler import SamplingRow, draw_inverse_cdf, sample, seeded_uniform
+from fleetserve.runtime.engine.truncation import apply_min_p, apply_top_k_top_p
+from fleetserve.runtime.engine.types import SamplingParams
 
 VOCAB = 64
 EOS = 3
@@ -332,6 +335,21 @@ def test_seeded_uniform_is_a_pure_function_in_unit_interval():
     assert all(0.0 <= v < 1.0 for v in values)
     assert len(set(values)) == len(values)
     assert seeded_uniform(42, 1, 7) == seeded_uniform(42, 1, 7)
+
+
+def test_forked_process_does_not_repeat_unseeded_draws():
+    logits = torch.zeros(64, 2**16)  # 64 unseeded draws from a uniform distribution
+    rows = [_row(temperature=1.0) for _ in range(64)]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its draws and leave without running pytest's teardown
+        os.write(write_end, json.dumps(sample(logits, rows).token_ids).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child_draws = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert child_draws != sample(logits, rows).token_ids
 
 
 # ---------------------------------------------------------------- distribution
