@@ -14,7 +14,7 @@ TERMINATION_GRACE_SECONDS = 120  # long enough to drain streamed completions
 REVISION_HISTORY_LIMIT = 3
 
 # The image's non-root user (see the Dockerfile's USER).
-RUN_AS_USER = 1000
+RUN_AS_USER = 10001
 
 # Where volumes are mounted in runtime pods.
 MODEL_MOUNT_PATH = "/mnt/models"
