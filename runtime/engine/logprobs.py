@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from fleetserve.runtime.engine.row_select import select_rows
 from fleetserve.runtime.engine.types import TokenLogprob
 

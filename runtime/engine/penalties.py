@@ -22,6 +22,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import torch
+
 from fleetserve.runtime.engine.row_select import select_rows
 
 if TYPE_CHECKING:

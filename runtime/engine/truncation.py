@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+
 from fleetserve.runtime.engine.row_select import select_rows
 
 _NEG_INF = float("-inf")
