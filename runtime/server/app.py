@@ -11,6 +11,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from fleetserve.runtime.server import responses as r
 from fleetserve.runtime.server import serving_ops as ops
 from fleetserve.runtime.server.auth import APIKeyMiddleware
@@ -21,7 +23,6 @@ from fleetserve.runtime.server.serving_models import list_models, retrieve_model
 from fleetserve.runtime.server.state import ServerState
 from fleetserve.runtime.server.streaming import SSE_DONE, sse_event
 from fleetserve.runtime.wire import PATH_HEALTH, PATH_METRICS
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 

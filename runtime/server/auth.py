@@ -10,9 +10,10 @@ from __future__ import annotations
 import hmac
 import json
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from fleetserve.runtime.server.errors import error_body
 from fleetserve.runtime.wire import PATH_HEALTH, PATH_METRICS
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 OPEN_PATHS = frozenset({PATH_HEALTH, "/health_generate", PATH_METRICS})
 

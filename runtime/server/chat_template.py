@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+
 from fleetserve.runtime.server.errors import bad_request
 from fleetserve.runtime.server.protocol import ChatCompletionRequest, ChatMessage
 

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import uvicorn
+
 from fleetserve.runtime.wire import DEFAULT_PORT
 
 logger = logging.getLogger(__name__)

@@ -11,6 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
 from fleetserve.runtime.engine.types import EngineStats, RequestOutput
 from fleetserve.runtime.wire import (
     METRIC_KV_CACHE_USAGE,
@@ -18,9 +22,6 @@ from fleetserve.runtime.wire import (
     METRIC_NUM_REQUESTS_WAITING,
     METRIC_PREFIX,
 )
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -83,18 +84,34 @@ class ServerMetrics:
                              LABELS, buckets=REQUEST_BUCKETS, registry=reg)
         self.queue_time = Histogram(f"{p}request_queue_time_seconds", "Time from arrival to first scheduled.",
                                     LABELS, buckets=REQUEST_BUCKETS, registry=reg)
+        self.bound = _Bound(self)
 
     def track(self) -> RequestTracker:
         return RequestTracker(self)
 
 
+class _Bound:
+    """The metric children of one model name, bound once (labels() per token is slow)."""
+
+    __slots__ = ("cached_tokens", "e2e", "generation_tokens", "itl", "metrics", "prompt_tokens", "queue_time",
+                 "ttft")
+
+    def __init__(self, m: ServerMetrics):
+        name = m.model_name
+        self.metrics = m
+        self.prompt_tokens, self.generation_tokens = m.prompt_tokens.labels(name), m.generation_tokens.labels(name)
+        self.cached_tokens = m.cached_tokens.labels(name)
+        self.ttft, self.itl = m.ttft.labels(name), m.itl.labels(name)
+        self.e2e, self.queue_time = m.e2e.labels(name), m.queue_time.labels(name)
+
+
 class RequestTracker:
     """Latencies and token counts of one engine request, recorded as its outputs arrive."""
 
-    __slots__ = ("arrival", "finish_reasons", "last_output", "m", "num_cached", "num_prompt")
+    __slots__ = ("arrival", "b", "finish_reasons", "last_output", "num_cached", "num_prompt")
 
     def __init__(self, metrics: ServerMetrics):
-        self.m = metrics
+        self.b = metrics.bound
         self.arrival = time.perf_counter()
         self.last_output: float | None = None
         self.num_prompt = 0
@@ -103,25 +120,25 @@ class RequestTracker:
 
     def observe(self, output: RequestOutput) -> None:
         now = time.perf_counter()
-        name = self.m.model_name
         self.num_prompt, self.num_cached = output.num_prompt_tokens, output.num_cached_tokens
         if output.queue_time is not None:
-            self.m.queue_time.labels(name).observe(output.queue_time)
-        num_new = sum(len(o.new_token_ids) for o in output.outputs)
+            self.b.queue_time.observe(output.queue_time)
+        num_new = 0
+        for o in output.outputs:
+            num_new += len(o.new_token_ids)
+            if o.finish_reason is not None:
+                self.finish_reasons.append(o.finish_reason)
         if num_new:
-            if self.last_output is None:
-                self.m.ttft.labels(name).observe(now - self.arrival)
-            else:
-                self.m.itl.labels(name).observe(now - self.last_output)
+            (self.b.ttft if self.last_output is None else self.b.itl).observe(
+                now - (self.arrival if self.last_output is None else self.last_output))
             self.last_output = now
-            self.m.generation_tokens.labels(name).inc(num_new)
-        self.finish_reasons += [o.finish_reason for o in output.outputs if o.finish_reason is not None]
+            self.b.generation_tokens.inc(num_new)
 
     def finish(self, aborted: bool) -> None:
         """Record the end: one `request_success` per finished sequence, one `abort` if cut short."""
-        name = self.m.model_name
-        self.m.e2e.labels(name).observe(time.perf_counter() - self.arrival)
-        self.m.prompt_tokens.labels(name).inc(self.num_prompt)
-        self.m.cached_tokens.labels(name).inc(self.num_cached)
+        b = self.b
+        b.e2e.observe(time.perf_counter() - self.arrival)
+        b.prompt_tokens.inc(self.num_prompt)
+        b.cached_tokens.inc(self.num_cached)
         for reason in self.finish_reasons + (["abort"] if aborted else []):
-            self.m.request_success.labels(name, reason).inc()
+            b.metrics.request_success.labels(b.metrics.model_name, reason).inc()

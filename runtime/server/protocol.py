@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fleetserve.runtime.engine.types import SamplingParams
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fleetserve.runtime.engine.types import SamplingParams
 
 INT64_MAX = 2**63 - 1
 MAX_TOP_LOGPROBS = 20

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
+
 from fleetserve.runtime.engine.types import CompletionOutput, RequestOutput
 from fleetserve.runtime.server.admission import Ticket
 from fleetserve.runtime.server.errors import error_body
@@ -35,6 +36,7 @@ from fleetserve.runtime.server.serving_models import resolve_model
 from fleetserve.runtime.server.state import ServerState, get_state
 from fleetserve.runtime.server.streaming import (
     SSE_DONE,
+    ChunkEncoder,
     ClientDisconnected,
     SSEResponse,
     aclose_shielded,
@@ -55,6 +57,10 @@ class ChatCall:
     model: str
     created: int
     prompt_opens_reasoning: bool
+    encoder: ChunkEncoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.encoder = ChunkEncoder(self.request_id, "chat.completion.chunk", self.created, self.model)
 
     @property
     def separates_reasoning(self) -> bool:
@@ -78,11 +84,7 @@ class ChatCall:
         return usage.to_dict(reports_cached_tokens(self.state, self.body.return_cached_tokens_details))
 
     def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-        data: dict[str, Any] = {"id": self.request_id, "object": "chat.completion.chunk",
-                                "created": self.created, "model": self.model, "choices": choices}
-        if usage is not None:
-            data["usage"] = usage
-        return sse_event(data)
+        return self.encoder.event(choices, usage)
 
 
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:

@@ -11,11 +11,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
+
 from fleetserve.runtime.engine.types import RequestOutput, SamplingParams
 from fleetserve.runtime.server.admission import Ticket
 from fleetserve.runtime.server.errors import bad_request, error_body
@@ -36,6 +37,7 @@ from fleetserve.runtime.server.serving_models import resolve_model
 from fleetserve.runtime.server.state import ServerState, get_state
 from fleetserve.runtime.server.streaming import (
     SSE_DONE,
+    ChunkEncoder,
     ClientDisconnected,
     SSEResponse,
     aclose_shielded,
@@ -61,6 +63,10 @@ class CompletionCall:
     model: str
     created: int
     prompts: list[Prompt]
+    encoder: ChunkEncoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.encoder = ChunkEncoder(self.request_id, "text_completion", self.created, self.model)
 
     def new_logprobs(self) -> CompletionLogprobs | None:
         return CompletionLogprobs(self.state.token_strings) if self.body.logprobs is not None else None
@@ -69,11 +75,7 @@ class CompletionCall:
         return usage.to_dict(reports_cached_tokens(self.state, self.body.return_cached_tokens_details))
 
     def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-        data: dict[str, Any] = {"id": self.request_id, "object": "text_completion", "created": self.created,
-                                "model": self.model, "choices": choices}
-        if usage is not None:
-            data["usage"] = usage
-        return sse_event(data)
+        return self.encoder.event(choices, usage)
 
 
 def tokenize_prompts(state: ServerState, body: CompletionRequest) -> list[Prompt]:

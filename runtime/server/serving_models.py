@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+
 from fleetserve.runtime.server.errors import not_found
 from fleetserve.runtime.server.state import ServerState, get_state
 

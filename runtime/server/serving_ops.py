@@ -10,13 +10,14 @@ from importlib import metadata
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from fleetserve.runtime.engine.types import EngineError, SamplingParams
 from fleetserve.runtime.server.errors import APIError, bad_request
 from fleetserve.runtime.server.generation import new_request_id
 from fleetserve.runtime.server.protocol import EmbeddingRequest
 from fleetserve.runtime.server.state import ServerState, get_state
 from fleetserve.runtime.server.streaming import aclose_shielded
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 logger = logging.getLogger(__name__)
 

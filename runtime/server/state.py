@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastapi import Request
+
 from fleetserve.runtime.engine.types import EngineStats, RequestOutput, SamplingParams
 from fleetserve.runtime.server.admission import Admission
 from fleetserve.runtime.server.chat_template import ChatRenderer

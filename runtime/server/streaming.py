@@ -29,8 +29,31 @@ class ClientDisconnected(Exception):
     """The client closed the connection before its response was ready."""
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one encoder: dumps(**kw) builds one per call
+
+
+def to_json(data: Any) -> bytes:
+    return _JSON.encode(data).encode()
+
+
 def sse_event(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + to_json(data) + b"\n\n"
+
+
+class ChunkEncoder:
+    """The SSE events of one response; its fixed fields (id, object, created, model) are encoded once."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, request_id: str, obj: str, created: int, model: str):
+        fixed = to_json({"id": request_id, "object": obj, "created": created, "model": model})
+        self.head = b"data: " + fixed[:-1] + b',"choices":['
+
+    def event(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        body = b",".join(to_json(choice) for choice in choices)
+        if usage is None:
+            return self.head + body + b"]}\n\n"
+        return self.head + body + b'],"usage":' + to_json(usage) + b"}\n\n"
 
 
 async def aclose_shielded(stream: Any) -> None:

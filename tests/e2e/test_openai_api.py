@@ -18,11 +18,12 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from fleetserve.runtime.demo import default_demo_model_dir
-from fleetserve.runtime.server.reasoning import REASONING_FORMATS, split_reasoning
 from openai import OpenAI
 from serve_process import ServeProcess, start_server
 from transformers import AutoTokenizer
+
+from fleetserve.runtime.demo import default_demo_model_dir
+from fleetserve.runtime.server.reasoning import REASONING_FORMATS, split_reasoning
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -6,9 +6,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from server_fake_engine import FakeEngine
+
 from fleetserve.runtime.server.app import build_app
 from fleetserve.runtime.server.state import ServerSettings, ServerState
-from server_fake_engine import FakeEngine
 
 MODEL = "fake-model"
 

@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
 from fleetserve.runtime.engine.types import (
     CompletionOutput,
     EngineError,
@@ -20,8 +23,6 @@ from fleetserve.runtime.engine.types import (
     SamplingParams,
     TokenLogprob,
 )
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 CHATML_TEMPLATE = (
     "{%- for m in messages -%}"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from server_fake_engine import FakeEngine
+
 from fleetserve.runtime.engine.types import EngineStats
 from fleetserve.runtime.server.admission import Admission
 from fleetserve.runtime.server.app import build_app
 from fleetserve.runtime.server.state import ServerSettings, ServerState
-from server_fake_engine import FakeEngine
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fleetserve.runtime.server.auth import OPEN_PATHS
 
 KEY = "sk-test-123"

@@ -10,9 +10,10 @@ import asyncio
 import json
 
 import pytest
+from server_fake_engine import FakeEngine
+
 from fleetserve.runtime.server.app import build_app
 from fleetserve.runtime.server.state import ServerSettings, ServerState
-from server_fake_engine import FakeEngine
 
 LONG = {"max_tokens": 400, "ignore_eos": True}
 

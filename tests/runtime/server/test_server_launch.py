@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fleetserve.runtime.server.chat_template import load_chat_template
 from fleetserve.runtime.server.launch import build_parser, engine_config, server_settings
 

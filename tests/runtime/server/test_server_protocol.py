@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from fleetserve.runtime.engine.types import SamplingParams
 from fleetserve.runtime.server.protocol import ChatCompletionRequest, CompletionRequest
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from fleetserve.runtime.server.reasoning import REASONING_FORMATS, ReasoningParser, split_reasoning
 from server_fake_engine import FakeEngine
+
+from fleetserve.runtime.server.reasoning import REASONING_FORMATS, ReasoningParser, split_reasoning
 
 QWEN3, R1 = REASONING_FORMATS["qwen3"], REASONING_FORMATS["deepseek-r1"]
 

@@ -9,11 +9,12 @@ legitimate 400 (prompt + max_tokens beyond the context, an empty prompt) that no
 from __future__ import annotations
 
 import schemathesis
-from fleetserve.runtime.server.app import build_app
-from fleetserve.runtime.server.state import ServerSettings, ServerState
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 from server_fake_engine import FakeEngine
+
+from fleetserve.runtime.server.app import build_app
+from fleetserve.runtime.server.state import ServerSettings, ServerState
 
 engine = FakeEngine(max_model_len=4096)
 app = build_app(ServerState.build(engine, ServerSettings(model_path="fake-model")))

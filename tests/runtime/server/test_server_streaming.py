@@ -6,8 +6,9 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from fleetserve.runtime.server import responses
 from server_fake_engine import FakeEngine
+
+from fleetserve.runtime.server import responses
 
 USER = [{"role": "user", "content": "hi"}]
 
