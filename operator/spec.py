@@ -185,9 +185,11 @@ class InferenceServiceSpec(Model):
     runtime: Runtime = Field(default_factory=Runtime, description="How runtime pods run.")
     replicas: Replicas = Field(default_factory=Replicas, description="Runtime replica bounds.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Queue-depth autoscaling "
-                                     "settings.")
-    adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters served on every "
-                                    "replica.")
+                                     "settings. Stored for the autoscaler; until it runs, enabled=true keeps "
+                                     "replicas.min.")
+    adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters for every replica. "
+                                    "Stored for the adapter rollout; today a non-empty list starts the "
+                                    "runtime with --enable-lora.")
     router: Router = Field(default_factory=Router, description="The router in front of the runtime pods.")
     ingress: Ingress | None = Field(default=None, description="Expose the router outside the cluster.")
     api_key_secret: ApiKeySecret | None = Field(default=None, description="Secret holding the API key "

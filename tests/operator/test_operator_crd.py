@@ -133,3 +133,21 @@ def test_kubernetes_validate_catches_a_typo_in_strict_mode():
            "spec": {"replica": 1, "selector": {}, "template": {}}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+REFERENCE = ROOT / "docs" / "crd-reference.md"
+
+
+def test_crd_reference_is_generated_from_the_model():
+    from fleetserve.operator import crd_docs
+
+    assert REFERENCE.read_text() == crd_docs.render(), (
+        "docs/crd-reference.md is stale: run `python -m fleetserve.operator.crd_docs > docs/crd-reference.md`")
+
+
+def test_crd_reference_lists_every_field():
+    text = REFERENCE.read_text()
+    for part in ("spec", "status"):
+        for path, _ in walk(schema()["properties"][part]):
+            if path and not path.endswith(("[]", "{}")):
+                assert f"`{part}{path}`" in text, f"{part}{path}"

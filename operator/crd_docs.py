@@ -1,0 +1,94 @@
+"""Generate docs/crd-reference.md from the same schema the CRD carries.
+
+    python -m fleetserve.operator.crd_docs > docs/crd-reference.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from fleetserve.operator import crd, names
+
+Schema = dict[str, Any]
+
+INTRO = f"""# InferenceService reference
+
+`{names.API_VERSION}`, kind `{names.KIND}`, namespaced; `kubectl get {names.PLURAL}` or
+`kubectl get {names.SHORT_NAMES[0]}`. Generated from `operator/spec.py` by
+`python -m fleetserve.operator.crd_docs`; `kubectl explain {names.SHORT_NAMES[0]}.spec` prints the
+same descriptions.
+
+The CRD's schema refuses what it can express (types, enums, minimums, patterns, `replicas.min <=
+replicas.max`). What it cannot (unknown model schemes, malformed hub ids or claim names, duplicate
+adapter names, names too long for the child Services) the operator reports as `Ready=False` with
+reason `InvalidSpec` and a message naming the field.
+
+Subresources: `status`, and `scale` (`kubectl scale {names.SHORT_NAMES[0]}/NAME --replicas=N` sets
+`spec.replicas.count`; `status.selector` selects the runtime pods).
+"""
+
+STATUS_NOTES = """
+## Conditions
+
+| type | status | reasons |
+|---|---|---|
+| `Ready` | True when at least one runtime replica and one router replica pass their readiness probes | `Ready`, `RuntimeNotReady`, `RouterNotReady`, `ScaledToZero`, `InvalidSpec`, `ChildConflict` |
+| `Progressing` | True while the runtime Deployment rolls out or scales toward `desiredReplicas` | `RollingOut`, `RolloutComplete`, `InvalidSpec`, `ChildConflict` |
+| `Degraded` | True when the rollout cannot finish or the spec cannot be served | `AsExpected`, `ProgressDeadlineExceeded`, `ReplicaFailure`, `InvalidSpec`, `ChildConflict` |
+
+Each condition carries `observedGeneration` and a `lastTransitionTime` that moves only when its
+status changes.
+"""
+
+
+def type_of(node: Schema) -> str:
+    if node.get("x-kubernetes-int-or-string"):
+        return "int or string"
+    kind = node.get("type", "")
+    if kind == "array":
+        return f"[]{type_of(node.get('items', {}))}"
+    if kind == "object" and isinstance(node.get("additionalProperties"), dict):
+        return f"map[string]{type_of(node['additionalProperties'])}"
+    return str(kind)
+
+
+def constraints(node: Schema) -> str:
+    parts = []
+    if "enum" in node:
+        parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
+    for key, label in (("minimum", "≥"), ("maximum", "≤"), ("minLength", "length ≥"), ("maxLength", "length ≤")):
+        if key in node:
+            parts.append(f"{label} {node[key]}")
+    if "pattern" in node:
+        parts.append(f"pattern `{node['pattern']}`")
+    if "default" in node and node["default"] != {}:
+        parts.append(f"default `{json.dumps(node['default'])}`")
+    return "; ".join(parts)
+
+
+def rows(node: Schema, prefix: str) -> Iterator[str]:
+    required = set(node.get("required", []))
+    for name, sub in node.get("properties", {}).items():
+        path = f"{prefix}.{name}"
+        mark = " (required)" if name in required else ""
+        description = sub.get("description", "").replace("|", "\\|").replace("\n", " ")
+        yield f"| `{path}`{mark} | {type_of(sub)} | {description} | {constraints(sub)} |"
+        child = sub.get("items") if sub.get("type") == "array" else sub
+        if isinstance(child, dict) and "properties" in child:
+            yield from rows(child, f"{path}[]" if sub.get("type") == "array" else path)
+
+
+def render() -> str:
+    schema = crd.openapi_schema()["properties"]
+    header = "| field | type | description | constraints |\n|---|---|---|---|"
+    spec_rows = "\n".join(rows(schema["spec"], "spec"))
+    status_rows = "\n".join(rows(schema["status"], "status"))
+    return (f"{INTRO}\n## spec\n\n{header}\n{spec_rows}\n\n## status\n\nWritten by the operator only.\n\n"
+            f"{header}\n{status_rows}\n{STATUS_NOTES}")
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
