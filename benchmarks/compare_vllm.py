@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ READY_POLL_S = 2.0
 STOP_GRACE_S = 30.0
 LOG_TAIL_CHARS = 3000
 
-# (label, JSON key, higher is better)
+# (label, JSON key, higher is better; None: context, no ratio)
 FIGURES = [
     ("completed requests", "completed", True),
     ("failed requests", "failed", False),
@@ -54,7 +55,7 @@ FIGURES = [
     ("p99 ITL (ms)", "p99_itl_ms", False),
     ("mean E2EL (ms)", "mean_e2el_ms", False),
     ("p99 E2EL (ms)", "p99_e2el_ms", False),
-    ("machine load (1-min average, at start)", "load_avg_1m", False),
+    ("machine load (1-min average, at start)", "load_avg_1m", None),
 ]
 
 
@@ -94,7 +95,8 @@ def server_for(name: str, checkpoint: Path, settings: Settings) -> Server:
         str(checkpoint),
         *common,
     ]
-    return Server(name, [*command, "--dtype", "bfloat16"], {})
+    command += ["--dtype", "bfloat16", "--kv-cache-memory-gb", str(settings.kv_cache_gib)]
+    return Server(name, command, {})
 
 
 def bench_workloads(settings: Settings) -> dict[str, list[str]]:
@@ -118,7 +120,14 @@ def bench_workloads(settings: Settings) -> dict[str, list[str]]:
     }
 
 
+def is_port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def start_server(server: Server, log_path: Path, settings: Settings) -> subprocess.Popen:
+    if is_port_taken(settings.port):  # else the readiness check would talk to someone else's server
+        raise RuntimeError(f"port {settings.port} is already in use; pick another with --port")
     log = log_path.open("w")
     process = subprocess.Popen(
         server.command,
@@ -250,6 +259,9 @@ def comparison_table(size: str, workload: str, vllm: dict, fleet: dict) -> str:
         "|---|---:|---:|---:|",
     ]
     for label, key, higher_is_better in FIGURES:
+        if higher_is_better is None:
+            lines.append(f"| {label} | {fmt(vllm.get(key))} | {fmt(fleet.get(key))} | |")
+            continue
         better = "higher is better" if higher_is_better else "lower is better"
         lines.append(
             f"| {label} | {fmt(vllm.get(key))} | {fmt(fleet.get(key))} | {ratio(fleet.get(key), vllm.get(key))} ({better}) |"

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from bench_fake_server import FakeBehaviour, FakeServer
 from bench_tokenizers import byte_level_bpe, metaspace_bpe
 
