@@ -35,6 +35,11 @@ from fleetserve.runtime.wire import DEFAULT_PORT
 STREAM_ADAPTERS, STREAM_ARRIVALS, STREAM_WARMUP = 1, 2, 3
 WARMUP_MAX_OUTPUT_LEN = 16
 MODELS_TIMEOUT_S = 30.0
+DESCRIPTION = (
+    "Benchmark an OpenAI-compatible server (fleetserve, vLLM, SGLang) with streaming requests: time to first "
+    "token, inter-token latency, time per output token, end-to-end latency, throughput and failures. "
+    "See docs/benchmarks.md."
+)
 
 
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
@@ -72,11 +77,16 @@ def add_load_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-concurrency", type=int, help="requests in flight at most")
     group.add_argument("--warmup-requests", type=int, default=1, help="untimed requests sent first")
-    group.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
+    group.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a request may wait for any byte (connecting, its first token, its next chunk)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetserve bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fleetserve bench", description=DESCRIPTION)
     parser.add_argument("--base-url", help=f"server URL (default http://HOST:PORT, port {DEFAULT_PORT})")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)

@@ -28,7 +28,7 @@ CONNECT_TIMEOUT_S = 30.0
 class LoadShape:
     request_rate: float = math.inf  # requests per second, Poisson arrivals; inf sends all at once
     max_concurrency: int | None = None  # requests in flight at most
-    request_timeout_s: float = 600.0
+    request_timeout_s: float = 600.0  # longest wait for any byte of a response, not the whole request
     show_progress: bool = True
 
 
