@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import socket
 import statistics
@@ -39,6 +40,7 @@ class RunResult:
     wall_s: float
     output_tokens: int
     ttft_s: list[float]
+    cpu_s: float = 0.0  # CPU time of the serving process during the run (engine: this process)
 
     @property
     def tokens_per_s(self) -> float:
@@ -49,7 +51,7 @@ class RunResult:
         p99 = ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))]
         return (f"{self.name:<8} {self.output_tokens:>7} tok in {self.wall_s:7.2f} s = {self.tokens_per_s:9.1f} tok/s"
                 f" | TTFT mean {statistics.mean(ttft) * 1e3:8.1f} ms  median {statistics.median(ttft) * 1e3:8.1f} ms"
-                f"  p99 {p99 * 1e3:8.1f} ms")
+                f"  p99 {p99 * 1e3:8.1f} ms | CPU {self.cpu_s:6.2f} s")
 
 
 def make_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
@@ -82,10 +84,10 @@ async def run_engine(engine: AsyncEngine, prompts: list[list[int]], output_len: 
             count += new
         return first or 0.0, count
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     results = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-    wall = time.perf_counter() - t0
-    return RunResult("engine", wall, sum(r[1] for r in results), [r[0] for r in results])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return RunResult("engine", wall, sum(r[1] for r in results), [r[0] for r in results], cpu)
 
 
 async def stream_one(client: httpx.AsyncClient, prompt: list[int], output_len: int) -> tuple[float, int]:
@@ -104,14 +106,26 @@ async def stream_one(client: httpx.AsyncClient, prompt: list[int], output_len: i
     return first or 0.0, tokens
 
 
-async def run_server(base_url: str, prompts: list[list[int]], output_len: int) -> RunResult:
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of a process (Linux /proc); 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_server(base_url: str, pid: int, prompts: list[list[int]], output_len: int) -> RunResult:
     limits = httpx.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=600) as client:
         await stream_one(client, prompts[0][:8], 2)  # warm-up: connection, first step
-        t0 = time.perf_counter()
+        t0, cpu0, client_cpu0 = time.perf_counter(), process_cpu_s(pid), time.process_time()
         results = await asyncio.gather(*(stream_one(client, p, output_len) for p in prompts))
-        wall = time.perf_counter() - t0
-    return RunResult("server", wall, sum(r[1] for r in results), [r[0] for r in results])
+        wall, cpu = time.perf_counter() - t0, process_cpu_s(pid) - cpu0
+        client_cpu = time.process_time() - client_cpu0
+    result = RunResult("server", wall, sum(r[1] for r in results), [r[0] for r in results], cpu)
+    print(f"  (the HTTP client itself used {client_cpu:.2f} s of CPU on this machine)")
+    return result
 
 
 def free_port() -> int:
@@ -136,7 +150,7 @@ def start_server(flags: list[str]) -> tuple[subprocess.Popen, str]:
     raise SystemExit("fleetserve serve did not start")
 
 
-async def compare(args: argparse.Namespace, url: str, vocab: int) -> tuple[list[RunResult], list[RunResult]]:
+async def compare(args: argparse.Namespace, url: str, pid: int, vocab: int) -> tuple[list[RunResult], list[RunResult]]:
     """Alternate engine and server runs (fresh prompts per round, the same for both sides)."""
     engine = AsyncEngine.from_config(engine_config(args, args.model_path))
     await engine.start()
@@ -147,7 +161,7 @@ async def compare(args: argparse.Namespace, url: str, vocab: int) -> tuple[list[
         for round_ in range(args.repeats):
             prompts = make_prompts(args.concurrency, args.input_len, vocab, args.seed + round_)
             engine_runs.append(await run_engine(engine, prompts, args.output_len))
-            server_runs.append(await run_server(url, prompts, args.output_len))
+            server_runs.append(await run_server(url, pid, prompts, args.output_len))
             print(f"round {round_ + 1}: {engine_runs[-1].tokens_per_s:8.1f} vs {server_runs[-1].tokens_per_s:8.1f} "
                   "tok/s (engine vs server)", flush=True)
     finally:
@@ -184,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
           f"tokens each, {args.repeats} rounds, model {args.model_path}, device {args.device}")
     proc, url = start_server(engine_flags(args, args.model_path))
     try:
-        engine_runs, server_runs = asyncio.run(compare(args, url, vocab))
+        engine_runs, server_runs = asyncio.run(compare(args, url, proc.pid, vocab))
     finally:
         proc.terminate()
         proc.wait(30)
