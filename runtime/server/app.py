@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -10,18 +9,16 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetserve.runtime.server import responses as r
 from fleetserve.runtime.server import serving_ops as ops
 from fleetserve.runtime.server.auth import APIKeyMiddleware
-from fleetserve.runtime.server.errors import error_body, install_error_handlers
+from fleetserve.runtime.server.errors import install_error_handlers
 from fleetserve.runtime.server.serving_chat import create_chat_completion
 from fleetserve.runtime.server.serving_completions import create_completion
 from fleetserve.runtime.server.serving_models import list_models, retrieve_model
+from fleetserve.runtime.server.shutdown import QuietShutdown
 from fleetserve.runtime.server.state import ServerState
-from fleetserve.runtime.server.streaming import SSE_DONE, sse_event
 from fleetserve.runtime.wire import PATH_HEALTH, PATH_METRICS
 
 logger = logging.getLogger(__name__)
@@ -77,37 +74,6 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         return app.openapi_schema
 
     return build
-
-
-class QuietShutdown:
-    """Requests still running when uvicorn's graceful-shutdown timeout ends are cancelled by uvicorn
-    (their engine requests are aborted on the way out). Answer them properly instead of a traceback:
-    a 503 if nothing was sent yet, else an error event and `data: [DONE]` to end the stream."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except asyncio.CancelledError:
-            logger.info("%s %s cancelled at shutdown", scope["method"], scope["path"])
-            error = error_body(503, "the server is shutting down")
-            if not started:
-                await JSONResponse(error, 503)(scope, receive, send)
-                return
-            body = sse_event(error) + SSE_DONE
-            await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def build_app(state: ServerState) -> FastAPI:

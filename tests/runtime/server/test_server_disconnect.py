@@ -114,3 +114,31 @@ async def test_a_finished_request_is_not_counted_as_aborted(setup) -> None:
     client = Client({"prompt": "hi", "max_tokens": 3})
     await asyncio.wait_for(app(client.scope("/v1/completions"), client.receive, client.send), 5)
     assert client.status == 200 and engine.aborted == [] and state.admission.num_in_flight == 0
+
+
+@pytest.mark.parametrize(("path", "body", "stream"), [
+    ("/v1/completions", {"prompt": "hi", "stream": True, **LONG}, True),
+    ("/v1/completions", {"prompt": "hi", **LONG}, False),
+])
+async def test_requests_cut_at_shutdown_get_an_answer_and_abort(setup, path: str, body: dict, stream: bool) -> None:
+    """uvicorn cancels requests still running after its graceful-shutdown timeout."""
+    engine, state, app = setup
+    client = Client(body)
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+        await client.send(message)
+
+    task = asyncio.create_task(app(client.scope(path), client.receive, send))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    await asyncio.wait_for(task, 5)  # answered, not raised
+    _assert_aborted(engine, state)
+    last = sent[-1]
+    assert last["type"] == "http.response.body" and not last.get("more_body", False)
+    if stream:
+        assert client.status == 200 and last["body"].endswith(b"data: [DONE]\n\n")
+        assert b'"code":503' in last["body"] and b"shutting down" in last["body"]
+    else:
+        assert client.status == 503 and json.loads(last["body"])["message"] == "the server is shutting down"
