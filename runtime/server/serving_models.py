@@ -1,8 +1,9 @@
 """Model names: `GET /v1/models`, `GET /v1/models/{id}`, and resolving a request's `model`.
 
 A request names one of the served names (`--served-model-name`, which may list several; the first
-is the name reported in responses), or leaves `model` out. `name:adapter` and `lora_path` select a
-LoRA adapter; LoRA serving is not implemented yet, so any adapter is a 404 "not found".
+is the name reported in responses), says `default` (SGLang's docs and many clients send it), or
+leaves `model` out. `name:adapter` and `lora_path` select a LoRA adapter; LoRA serving is not
+implemented yet, so any adapter is a 404 "not found".
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from fastapi.responses import JSONResponse
 from fleetserve.runtime.server.errors import not_found
 from fleetserve.runtime.server.state import ServerState, get_state
 
+DEFAULT_MODEL_ALIAS = "default"
+
 
 def resolve_model(state: ServerState, model: str | None, lora_path: str | None = None) -> str:
     """The served name a request's `model` refers to; 404 for unknown models and adapters."""
     names = state.settings.served_model_names
     adapter = None
-    if model is None or model in names:
+    if model is None or model in names or model == DEFAULT_MODEL_ALIAS:
         adapter = lora_path
     else:
         base, sep, suffix = model.rpartition(":")
-        if not sep or base not in names or not suffix:
+        if not sep or (base not in names and base != DEFAULT_MODEL_ALIAS) or not suffix:
             raise not_found(f"the model '{model}' does not exist; served: {', '.join(names)}", "model")
         adapter = suffix  # `base:adapter` wins over lora_path
     if adapter:

@@ -118,7 +118,7 @@ def test_valid_extremes_are_accepted(client: TestClient) -> None:
     assert [c["index"] for c in response.json()["choices"]] == [0, 1]
 
 
-@pytest.mark.parametrize("model", ["gpt-4", "fake-model:adapter", "other:adapter"])
+@pytest.mark.parametrize("model", ["gpt-4", "fake-model:adapter", "other:adapter", "default:adapter", "Default"])
 def test_unknown_model_or_adapter_is_404(client: TestClient, model: str) -> None:
     assert_error(client.post(CHAT, json=chat(model=model)), 404, "does not exist", "model")
 
@@ -130,6 +130,7 @@ def test_lora_path_names_an_unknown_adapter(client: TestClient) -> None:
 def test_model_may_be_omitted_and_any_served_name_is_accepted(make_client) -> None:
     client = make_client(served_model_names=["first", "second/name"])
     assert client.post(CHAT, json={"messages": USER, "max_tokens": 1}).json()["model"] == "first"
+    assert client.post(CHAT, json=chat(model="default", max_tokens=1)).json()["model"] == "first"
     assert client.post(CHAT, json=chat(model="second/name", max_tokens=1)).json()["model"] == "first"
     assert client.get("/v1/models/second/name").json()["id"] == "second/name"
     assert_error(client.get("/v1/models/fake-model"), 404, "does not exist")
