@@ -574,22 +574,35 @@ def _wait_idle(server: ServeProcess, within_s: float) -> float:
     return time.monotonic() - start
 
 
-LONG = {"model": LLAMA, "prompt": "x", "max_tokens": 480, "n": 16, "temperature": 1.0, "ignore_eos": True}
+# 64 x 480 tokens: several seconds of work even for the tiny demo model, so going idle within
+# ABORT_WITHIN_S can only mean the request was aborted.
+LONG = {"model": LLAMA, "prompt": "x", "max_tokens": 480, "n": 64, "temperature": 1.0, "ignore_eos": True}
+ABORT_WITHIN_S = 1.5
+
+
+def _num_aborted(server: ServeProcess) -> float:
+    lines = httpx.get(f"{server.url}/metrics").text.splitlines()
+    found = [line for line in lines if line.startswith("fleetserve:request_success_total") and '"abort"' in line]
+    return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
 
 
 def test_streaming_client_disconnect_aborts(server: ServeProcess) -> None:
+    aborted = _num_aborted(server)
     with httpx.stream("POST", f"{server.base_url}/completions", json={**LONG, "stream": True}, timeout=60) as r:
         lines = r.iter_lines()
         for _ in range(5):
             next(lines)
         assert _num_running(server) > 0
-    _wait_idle(server, within_s=3.0)  # 16 x 480 tokens would take far longer on CPU
+    _wait_idle(server, within_s=ABORT_WITHIN_S)
+    assert _num_aborted(server) == aborted + 1
 
 
 def test_non_streaming_client_disconnect_aborts(server: ServeProcess) -> None:
+    aborted = _num_aborted(server)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.base_url}/completions", json=LONG, timeout=1.0)
-    _wait_idle(server, within_s=3.0)
+    _wait_idle(server, within_s=ABORT_WITHIN_S)
+    assert _num_aborted(server) == aborted + 1
 
 
 def test_queue_full_is_503(guarded_server: ServeProcess) -> None:
