@@ -33,13 +33,17 @@ def check_token_ids(state: ServerState, token_ids: list[int] | set[int], param: 
         raise bad_request(f"{param} has token id {bad[0]} outside the vocabulary (0..{vocab - 1})", param)
 
 
+def drop_unknown_logit_bias(state: ServerState, params: SamplingParams) -> SamplingParams:
+    """A bias on an id beyond the vocabulary names no token and cannot change sampling: drop it
+    (SGLang's documented examples bias ids such as 67890 whatever the model's vocabulary)."""
+    params.logit_bias = {t: bias for t, bias in params.logit_bias.items() if t < state.vocab_size}
+    return params
+
+
 def check_request(state: ServerState, prompt_ids: list[int], params: SamplingParams) -> None:
     """Everything about one engine request that can be a 400, before it is admitted."""
     if not prompt_ids:
         raise bad_request("the prompt is empty", "prompt")
-    # A bias on an id beyond the vocabulary names no token and cannot change sampling: it is dropped
-    # (SGLang's documented examples bias ids such as 67890 whatever the model's vocabulary).
-    params.logit_bias = {t: bias for t, bias in params.logit_bias.items() if t < state.vocab_size}
     check_token_ids(state, set(params.stop_token_ids), "stop_token_ids")
     try:
         state.engine.check_request(prompt_ids, params)

@@ -20,6 +20,7 @@ from fleetserve.runtime.server.generation import (
     check_request,
     collect,
     default_max_tokens,
+    drop_unknown_logit_bias,
     engine_stream,
     new_request_id,
     reports_cached_tokens,
@@ -35,6 +36,7 @@ from fleetserve.runtime.server.reasoning import (
 from fleetserve.runtime.server.serving_models import resolve_model
 from fleetserve.runtime.server.state import ServerState, get_state
 from fleetserve.runtime.server.streaming import (
+    CLIENT_CLOSED_REQUEST,
     SSE_DONE,
     ChunkEncoder,
     ClientDisconnected,
@@ -92,7 +94,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     model = resolve_model(state, body.model, body.lora_path)
     prompt = state.chat.render(body)
     prompt_ids = state.chat.encode(prompt)
-    params = body.to_sampling_params(default_max_tokens(state, len(prompt_ids)))
+    params = drop_unknown_logit_bias(state, body.to_sampling_params(default_max_tokens(state, len(prompt_ids))))
     check_request(state, prompt_ids, params)
     call = ChatCall(state, body, new_request_id("chatcmpl"), model, int(time.time()),
                     prompt.rstrip().endswith(THINK_START))
@@ -104,7 +106,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         result = await run_unless_disconnected(request, collect(stream, body.n))
     except ClientDisconnected:
         logger.info("client went away; aborted %s", call.request_id)
-        return Response(status_code=499)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     finally:
         ticket.release()
     return JSONResponse(chat_response(call, result))

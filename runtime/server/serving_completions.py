@@ -27,6 +27,7 @@ from fleetserve.runtime.server.generation import (
     check_request,
     check_token_ids,
     collect,
+    drop_unknown_logit_bias,
     engine_stream,
     new_request_id,
     reports_cached_tokens,
@@ -36,6 +37,7 @@ from fleetserve.runtime.server.protocol import CompletionRequest
 from fleetserve.runtime.server.serving_models import resolve_model
 from fleetserve.runtime.server.state import ServerState, get_state
 from fleetserve.runtime.server.streaming import (
+    CLIENT_CLOSED_REQUEST,
     SSE_DONE,
     ChunkEncoder,
     ClientDisconnected,
@@ -97,7 +99,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     state = get_state(request)
     model = resolve_model(state, body.model, body.lora_path)
     prompts = tokenize_prompts(state, body)
-    params = body.to_sampling_params()
+    params = drop_unknown_logit_bias(state, body.to_sampling_params())
     for prompt in prompts:
         check_request(state, prompt.token_ids, params)
     call = CompletionCall(state, body, new_request_id("cmpl"), model, int(time.time()), prompts)
@@ -109,7 +111,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         results = await run_unless_disconnected(request, asyncio.gather(*(collect(s, body.n) for s in streams)))
     except ClientDisconnected:
         logger.info("client went away; aborted %s", call.request_id)
-        return Response(status_code=499)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     finally:
         ticket.release()
     return JSONResponse(completion_response(call, results))

@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 SSE_DONE = b"data: [DONE]\n\n"
 DISCONNECT_POLL_S = 0.1
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away"; logged, never received
 
 
 class ClientDisconnected(Exception):
