@@ -127,6 +127,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_args(parser, args)
     from fleetserve.runtime.engine.async_engine import AsyncEngine
+    from fleetserve.runtime.engine.types import EngineError
     from fleetserve.runtime.server.app import build_app
     from fleetserve.runtime.server.state import ServerState
 
@@ -135,7 +136,11 @@ def main(argv: list[str]) -> int:
         settings = server_settings(args, model_path)
     except ValueError as exc:
         parser.error(str(exc))
-    engine = AsyncEngine.from_config(engine_config(args, model_path))
+    try:
+        engine = AsyncEngine.from_config(engine_config(args, model_path))
+    except EngineError as exc:  # a model that cannot be served: say why, no traceback
+        print(f"fleetserve serve: error: {exc}", file=sys.stderr)
+        return 1
     app = build_app(ServerState.build(engine, settings))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.log_level == "debug", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)

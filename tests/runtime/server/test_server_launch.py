@@ -63,3 +63,15 @@ def test_custom_chat_template_is_used(make_client, engine) -> None:
         {"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}], "max_tokens": 1}
     assert client.post("/v1/chat/completions", json=body).status_code == 200
     assert engine.tokenizer.decode(engine.requests[-1][1]) == "[system]be brief[user]one\ntwo>"
+
+
+def test_a_model_that_cannot_load_exits_1_with_a_message_not_a_traceback(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    result = subprocess.run([sys.executable, "-m", "fleetserve.runtime.cli", "serve", "--model-path", str(bad)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "fleetserve serve: error:" in result.stderr and "Traceback" not in result.stderr
