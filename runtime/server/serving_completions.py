@@ -8,6 +8,7 @@ the output's, the first prompt token's being None).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -119,7 +120,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
 
 def _start(call: CompletionCall, params: SamplingParams) -> list[AsyncIterator[RequestOutput]]:
     ids = [call.request_id] if len(call.prompts) == 1 else [f"{call.request_id}-{i}" for i in range(len(call.prompts))]
-    return [engine_stream(call.state, rid, p.token_ids, params) for rid, p in zip(ids, call.prompts, strict=True)]
+    # one SamplingParams per engine request: the engine owns what it is given
+    return [engine_stream(call.state, rid, p.token_ids, dataclasses.replace(params))
+            for rid, p in zip(ids, call.prompts, strict=True)]
 
 
 def _choice(call: CompletionCall, prompt: Prompt, result: RequestResult, choice: ChoiceResult,
