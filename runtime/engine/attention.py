@@ -1,9 +1,10 @@
 """Attention over the paged KV cache, behind a backend interface.
 
 KV cache layout (shared by every backend): one tensor per layer of shape
-``[num_pages, 2, page_size, num_kv_heads, head_dim]`` — FlashInfer's "NHD" paged layout with K and V
-interleaved per page, so the FlashInfer backend takes the same tensor unchanged. A token at position
-``p`` of a sequence lives in page ``page_table[p // page_size]`` at offset ``p % page_size``.
+``[2, num_pages, page_size, num_kv_heads, head_dim]``; ``cache[0]`` holds K and ``cache[1]`` V, each a
+contiguous ``[num_pages, page_size, num_kv_heads, head_dim]`` — FlashInfer's "NHD" paged layout, so
+the FlashInfer backend takes ``(cache[0], cache[1])`` unchanged. A token at position ``p`` of a
+sequence lives in page ``page_table[p // page_size]`` at offset ``p % page_size``.
 
 `BatchLayout` describes one step's batch (query lengths, KV lengths, page tables); a backend's
 ``plan`` turns it into its own index tensors once per step, and ``forward`` is called per layer.
@@ -55,16 +56,17 @@ class _Group:
 
     q_index: torch.Tensor  # [B, Qmax] index into the batch's tokens (padding -> 0)
     q_valid: torch.Tensor  # [B, Qmax] bool
-    kv_index: torch.Tensor  # [B, Lmax] flat K slot in the layer cache (padding -> 0)
-    mask: torch.Tensor  # [B, 1, Qmax, Lmax] bool, True = attend
+    page_table: torch.Tensor  # [B, num_pages] (padding -> page 0, masked out)
+    mask: torch.Tensor  # [B, 1, Qmax, num_pages * page_size] bool, True = attend
     out_index: torch.Tensor  # [num valid queries] token index in the batch
 
 
 class TorchAttentionBackend:
-    """Reference backend: gathers each sequence's K/V from its pages and calls SDPA (CPU and CUDA).
+    """Reference backend: gathers each sequence's pages and calls SDPA (CPU and CUDA).
 
     Decodes (one new token) and prefills are batched separately so a long prefill chunk never pads
-    a batch of decodes to its length.
+    a batch of decodes to its length. Whole pages are gathered (one contiguous copy per page) and the
+    unused tail of the last page is masked.
     """
 
     def __init__(self, kv_cache: list[torch.Tensor], scale: float):
@@ -72,13 +74,11 @@ class TorchAttentionBackend:
         self.scale = scale
         self.page_size = kv_cache[0].shape[2]
         self.device = kv_cache[0].device
-        self._k_slots = torch.empty(0, dtype=torch.long)
+        self._slots = torch.empty(0, dtype=torch.long)
         self._groups: list[_Group] = []
 
     def plan(self, layout: BatchLayout) -> None:
-        ps = self.page_size
-        slots = torch.tensor(layout.slot_indices(), dtype=torch.long)
-        self._k_slots = (slots // ps * 2 * ps + slots % ps).to(self.device)  # K half of each page
+        self._slots = torch.tensor(layout.slot_indices(), dtype=torch.long, device=self.device)
         starts, offset = [], 0
         for q_len in layout.query_lens:
             starts.append(offset)
@@ -90,35 +90,33 @@ class TorchAttentionBackend:
     def _group(self, layout: BatchLayout, seqs: list[int], starts: list[int]) -> _Group:
         ps = self.page_size
         q_max = max(layout.query_lens[i] for i in seqs)
-        l_max = max(layout.kv_lens[i] for i in seqs)
+        num_pages = -(-max(layout.kv_lens[i] for i in seqs) // ps)
         q_len = torch.tensor([layout.query_lens[i] for i in seqs])
         kv_len = torch.tensor([layout.kv_lens[i] for i in seqs])
         q_pos = torch.arange(q_max)
         q_valid = q_pos[None, :] < q_len[:, None]
         q_index = torch.where(q_valid, torch.tensor([starts[i] for i in seqs])[:, None] + q_pos, 0)
-        num_pages = -(-l_max // ps)
         tables = torch.tensor([(layout.page_tables[i] + [0] * num_pages)[:num_pages] for i in seqs],
-                              dtype=torch.long)  # [B, pages], padded with page 0 (masked out below)
-        key_pos = torch.arange(l_max)
-        kv_index = tables[:, key_pos // ps] * 2 * ps + key_pos % ps
+                              dtype=torch.long)
         # absolute position of each query row; a key at position j is visible when j <= that position
         q_abs = (kv_len - q_len)[:, None] + q_pos[None, :]
-        mask = key_pos[None, None, :] <= q_abs[:, :, None]
+        mask = torch.arange(num_pages * ps)[None, None, :] <= q_abs[:, :, None]
         mask[:, :, 0] |= ~q_valid  # padded query rows see one key so SDPA never divides by zero
         dev = self.device
-        return _Group(q_index.to(dev), q_valid.to(dev), kv_index.to(dev), mask.unsqueeze(1).to(dev),
+        return _Group(q_index.to(dev), q_valid.to(dev), tables.to(dev), mask.unsqueeze(1).to(dev),
                       q_index[q_valid].to(dev))
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        ps = self.page_size
-        flat = self.kv_cache[layer].view(-1, k.shape[1], k.shape[2])
-        flat.index_copy_(0, self._k_slots, k)
-        flat.index_copy_(0, self._k_slots + ps, v)
+        k_cache, v_cache = self.kv_cache[layer]
+        _, ps, heads, dim = k_cache.shape
+        k_cache.view(-1, heads, dim).index_copy_(0, self._slots, k)
+        v_cache.view(-1, heads, dim).index_copy_(0, self._slots, v)
         out = torch.empty_like(q)
         for g in self._groups:
+            b, num_pages = g.page_table.shape
             qg = q[g.q_index].transpose(1, 2)  # [B, Hq, Qmax, D]
-            kg = flat[g.kv_index].transpose(1, 2)  # [B, Hkv, Lmax, D]
-            vg = flat[g.kv_index + ps].transpose(1, 2)
+            kg = k_cache[g.page_table].view(b, num_pages * ps, heads, dim).transpose(1, 2)  # [B, Hkv, L, D]
+            vg = v_cache[g.page_table].view(b, num_pages * ps, heads, dim).transpose(1, 2)
             o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask, scale=self.scale,
                                                enable_gqa=qg.shape[1] != kg.shape[1])
             out[g.out_index] = o.transpose(1, 2)[g.q_valid]

@@ -37,7 +37,7 @@ def plan_num_pages(cfg: ModelConfig, engine: EngineConfig, device: torch.device)
 
 
 def allocate_kv_cache(cfg: ModelConfig, num_pages: int, page_size: int, device: torch.device) -> list[torch.Tensor]:
-    shape = (num_pages, 2, page_size, cfg.num_kv_heads, cfg.head_dim)
+    shape = (2, num_pages, page_size, cfg.num_kv_heads, cfg.head_dim)
     logger.info("KV cache: %d pages of %d tokens (%.2f GiB)", num_pages, page_size,
                 num_pages * page_bytes(cfg, page_size) / (1 << 30))
     return [torch.zeros(shape, dtype=cfg.dtype, device=device) for _ in range(cfg.num_layers)]
