@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 import yaml
+
 from fleetserve.operator import names
 from fleetserve.operator.spec import InferenceServiceSpec, InferenceServiceStatus
 

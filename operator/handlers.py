@@ -15,10 +15,11 @@ from typing import Any
 
 import aiohttp
 import kopf
+
 from fleetserve.operator import names
 from fleetserve.operator.config import OperatorConfig
 from fleetserve.operator.kube import KubeClient, KubeError, Ref
-from fleetserve.operator.reconcile import reconcile
+from fleetserve.operator.reconcile import reconcile, refresh_status
 from fleetserve.operator.settings import HANDLER_BACKOFF_SECONDS, configure
 from fleetserve.operator.status import status_changes
 from fleetserve.runtime import wire
@@ -52,20 +53,31 @@ def inference_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> 
     return {(namespace, name): copy.deepcopy(dict(body))}
 
 
-async def on_child_event(namespace: str, labels: Mapping[str, str], logger: logging.Logger, memo: Any,
-                         inference_services: kopf.Index[Any, Any], **_: Any) -> None:
-    """A Deployment or Service of ours changed or vanished: reconcile its InferenceService."""
+async def on_child_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, labels: Mapping[str, str],
+                         logger: logging.Logger, memo: Any, inference_services: kopf.Index[Any, Any],
+                         **_: Any) -> None:
+    """A Deployment or Service of ours changed or vanished.
+
+    Deleted: reconcile its InferenceService, which recreates it. A Deployment changed: refresh
+    the InferenceService's status from the Deployments (two reads), so status follows the pods.
+    Other Service changes need nothing.
+    """
+    is_deleted = event.get("type") == "DELETED"
+    if not is_deleted and body.get("kind") != "Deployment":
+        return
     parent_name = labels[wire.LABEL_SERVICE]
     for parent in inference_services.get((namespace, parent_name), []):
         if parent["metadata"].get("deletionTimestamp"):
             continue  # being deleted: the garbage collector removes the children
         try:
-            new_status = await reconcile(memo.client, memo.config, parent, logger)
+            if is_deleted:
+                new_status = await reconcile(memo.client, memo.config, parent, logger)
+            else:
+                new_status = await refresh_status(memo.client, parent)
             changes = status_changes(parent.get("status") or {}, new_status)
             if changes:
-                ref = Ref(names.API_VERSION, names.KIND, namespace, parent_name)
-                await memo.client.patch_status(ref, changes)
-        except (KubeError, aiohttp.ClientError, TimeoutError) as error:  # the timer retries
+                await memo.client.patch_status(Ref(names.API_VERSION, names.KIND, namespace, parent_name), changes)
+        except (KubeError, aiohttp.ClientError, TimeoutError) as error:  # the resync timer retries
             logger.warning("Could not reconcile InferenceService %s: %s", parent_name, error)
 
 

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import aiohttp
 import kopf
+
 from fleetserve.operator import names
 
 Obj = dict[str, Any]

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+from typing import Any
 
 import kopf
+
 from fleetserve.operator.config import (
     DEFAULT_LIVENESS,
     DEFAULT_PEERING_NAME,
@@ -64,18 +66,23 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
     )
 
 
+def run_options(config: OperatorConfig) -> dict[str, Any]:
+    """kopf.run/kopf.operator arguments for ``config`` (the tests start kopf with the same ones)."""
+    return {
+        "clusterwide": config.clusterwide,
+        "namespaces": config.namespaces,
+        "standalone": config.standalone,
+        "priority": config.priority,
+        # Naming a peering makes it mandatory in kopf: replicas wait for the peering CRD rather
+        # than run unpeered. Standalone names none, or kopf would wait for peering forever.
+        "peering_name": None if config.standalone else config.peering_name,
+        "liveness_endpoint": config.liveness_endpoint,
+    }
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     config = config_from_args(args)
     kopf.configure(debug=args.debug, verbose=args.verbose, log_format=LOG_FORMATS[args.log_format])
-    kopf.run(
-        registry=build_registry(config),
-        memo=make_memo(config),
-        clusterwide=config.clusterwide,
-        namespaces=config.namespaces,
-        standalone=config.standalone,
-        priority=config.priority,
-        peering_name=config.peering_name,
-        liveness_endpoint=config.liveness_endpoint,
-    )
+    kopf.run(registry=build_registry(config), memo=make_memo(config), **run_options(config))
     return 0

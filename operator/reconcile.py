@@ -55,26 +55,49 @@ def conflict_conditions(message: str) -> list[ConditionState]:
     ]
 
 
+def healthy_status(body: Mapping[str, Any], spec: InferenceServiceSpec, observed: Observed) -> dict[str, Any]:
+    owner = Owner.from_body(body)
+    current = body.get("status") or {}
+    desired = desired_replicas(spec, current)
+    return build_status(
+        current, healthy_conditions(observed, desired), body["metadata"].get("generation"), now_rfc3339(),
+        **replica_fields(observed, desired),
+        selector=names.selector_string(owner.name, names.RUNTIME),
+        url=service_url(owner, spec),
+    )
+
+
+def invalid_status(body: Mapping[str, Any], message: str) -> dict[str, Any]:
+    generation = body["metadata"].get("generation")
+    return build_status(body.get("status") or {}, invalid_conditions(message), generation, now_rfc3339())
+
+
 async def reconcile(
     client: KubeClient, config: OperatorConfig, body: Mapping[str, Any], logger: logging.Logger
 ) -> dict[str, Any]:
     """Apply the children of ``body`` and return its new status (the caller writes it)."""
     owner = Owner.from_body(body)
-    generation = body["metadata"].get("generation")
-    current = body.get("status") or {}
     check = check_spec(owner.name, body.get("spec") or {})
     if check.spec is None:
         logger.warning("Invalid spec, nothing rolled out: %s", check.message)
-        return build_status(current, invalid_conditions(check.message), generation, now_rfc3339())
-    desired = desired_replicas(check.spec, current)
+        return invalid_status(body, check.message)
+    desired = desired_replicas(check.spec, body.get("status") or {})
     try:
         observed = await apply_children(client, owner, check.spec, config, desired, logger)
     except OwnershipConflict as conflict:
         logger.warning("%s", conflict)
-        return build_status(current, conflict_conditions(str(conflict)), generation, now_rfc3339())
-    return build_status(
-        current, healthy_conditions(observed, desired), generation, now_rfc3339(),
-        **replica_fields(observed, desired),
-        selector=names.selector_string(owner.name, names.RUNTIME),
-        url=service_url(owner, check.spec),
-    )
+        generation = body["metadata"].get("generation")
+        return build_status(body.get("status") or {}, conflict_conditions(str(conflict)), generation,
+                            now_rfc3339())
+    return healthy_status(body, check.spec, observed)
+
+
+async def refresh_status(client: KubeClient, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The status from the Deployments as they are now, without writing anything (two reads)."""
+    owner = Owner.from_body(body)
+    check = check_spec(owner.name, body.get("spec") or {})
+    if check.spec is None:
+        return invalid_status(body, check.message)
+    runtime = await client.get(Ref("apps/v1", "Deployment", owner.namespace, names.runtime_name(owner.name)))
+    router = await client.get(Ref("apps/v1", "Deployment", owner.namespace, names.router_name(owner.name)))
+    return healthy_status(body, check.spec, Observed(runtime=runtime, router=router))

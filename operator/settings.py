@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import kopf
+
 from fleetserve.operator import names
 from fleetserve.operator.config import OperatorConfig
 from fleetserve.runtime import wire
@@ -37,5 +38,6 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.peering.name = config.peering_name
     settings.peering.priority = config.priority
     settings.peering.standalone = config.standalone
+    settings.peering.mandatory = not config.standalone
     settings.peering.clusterwide = config.clusterwide
     settings.peering.stealth = True

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fleetserve.operator import defaults
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
+
+from fleetserve.operator import defaults
 
 # A Kubernetes resource quantity ("500m", "8Gi", 2): an int-or-string in the CRD, a string here.
 Quantity = Annotated[

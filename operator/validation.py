@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import pydantic
+
 from fleetserve.operator import names
 from fleetserve.operator.sources import SourceError, parse_source
 from fleetserve.operator.spec import InferenceServiceSpec

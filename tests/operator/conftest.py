@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 import kmock
 import kopf
 import pytest
+from operator_helpers import CLUSTER_RESOURCES, RESOURCES, RESYNC_SECONDS, VERBS, WAIT_SECONDS
+
 from fleetserve.operator.config import OperatorConfig
 from fleetserve.operator.handlers import build_registry, make_memo
-from operator_helpers import CLUSTER_RESOURCES, RESOURCES, RESYNC_SECONDS, VERBS, WAIT_SECONDS
+from fleetserve.operator.main import run_options
 
 
 @pytest.fixture()
@@ -38,8 +40,8 @@ async def operator(api: kmock.KubernetesEmulator) -> AsyncIterator[kmock.Kuberne
     ready, stop = threading.Event(), threading.Event()
     # Its own thread and event loop: on exit kopf cancels every task of its loop it did not start.
     thread = threading.Thread(target=asyncio.run, daemon=True, args=(kopf.operator(
-        registry=registry, settings=settings, memo=make_memo(config), clusterwide=True, standalone=True,
-        ready_flag=ready, stop_flag=stop,
+        registry=registry, settings=settings, memo=make_memo(config), ready_flag=ready, stop_flag=stop,
+        **run_options(config),
     ),))
     thread.start()
     assert await asyncio.to_thread(ready.wait, WAIT_SECONDS), "the operator did not start"

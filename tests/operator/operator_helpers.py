@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import kmock
+
 from fleetserve.operator import names
 
 NAMESPACE = "ml"

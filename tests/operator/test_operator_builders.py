@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import kubernetes_validate
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from fleetserve.operator import defaults
 from fleetserve.operator.children import build_children, desired_replicas, service_url
 from fleetserve.operator.meta import Owner
 from fleetserve.operator.runtime_manifests import build_runtime_deployment, serve_args
 from fleetserve.operator.spec import InferenceServiceSpec
 from fleetserve.runtime import wire
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 K8S_VERSION = "1.30"
 OWNER = Owner(name="qwen", namespace="ml", uid="uid-1")

@@ -11,6 +11,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from fleetserve.operator import crd, names
 
 ROOT = Path(__file__).resolve().parents[2]

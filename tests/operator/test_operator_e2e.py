@@ -7,7 +7,6 @@ the deletions it asks for, and the status it writes.
 
 from __future__ import annotations
 
-from fleetserve.operator import names
 from operator_helpers import (
     ISVC_PATH,
     ISVC_RESOURCE,
@@ -22,6 +21,8 @@ from operator_helpers import (
     send,
     was_recreated,
 )
+
+from fleetserve.operator import names
 
 DEPLOYMENTS = "apps/v1/deployments"
 CHILDREN = [

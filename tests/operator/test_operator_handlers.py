@@ -7,6 +7,7 @@ import logging
 
 import kopf
 import pytest
+
 from fleetserve.operator.config import OperatorConfig
 from fleetserve.operator.handlers import inference_services, on_child_event, on_inference_service
 from fleetserve.operator.kube import KubeError, Ref
@@ -141,24 +142,47 @@ async def test_removing_the_ingress_deletes_it():
     assert ("delete", ingress) in client.writes and ingress not in client.objects
 
 
-async def test_child_event_reconciles_the_parent_and_patches_its_status():
+def child_event(type_: str | None, kind: str) -> dict:
+    body = kopf.Body({"kind": kind, "metadata": {"name": "qwen-runtime", "namespace": "ml",
+                                                 "labels": {"fleetserve.io/inference-service": "qwen"}}})
+    return {"event": {"type": type_, "object": dict(body)}, "body": body, "namespace": "ml",
+            "labels": body["metadata"]["labels"], "logger": LOGGER}
+
+
+async def test_a_deleted_child_makes_the_parent_reconcile_and_recreate_it():
     client = FakeKube()
-    parent = body(SPEC)
-    index = as_kopf_index(inference_services(namespace="ml", name="qwen", body=parent))
-    await on_child_event(namespace="ml", labels={"fleetserve.io/inference-service": "qwen"}, logger=LOGGER,
-                         memo=memo(client), inference_services=index)
+    index = as_kopf_index(inference_services(namespace="ml", name="qwen", body=body(SPEC)))
+    await on_child_event(**child_event("DELETED", "Deployment"), memo=memo(client), inference_services=index)
+    assert ("create", Ref("apps/v1", "Deployment", "ml", "qwen-runtime")) in client.writes
     ((ref, status),) = client.status_patches
     assert ref == Ref("fleetserve.io/v1alpha1", "InferenceService", "ml", "qwen")
     assert status["conditions"][0]["type"] == "Ready"
-    assert ("create", Ref("apps/v1", "Deployment", "ml", "qwen-runtime")) in client.writes
 
 
-async def test_child_event_of_an_unknown_or_deleting_parent_does_nothing():
+async def test_a_changed_deployment_only_refreshes_the_parents_status():
+    client = FakeKube()
+    first = await reconcile_once(client, body(SPEC))
+    client.writes.clear()
+    runtime = Ref("apps/v1", "Deployment", "ml", "qwen-runtime")
+    client.objects[runtime]["status"] = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}
+    client.objects[Ref("apps/v1", "Deployment", "ml", "qwen-router")]["status"] = {"readyReplicas": 1}
+    parent = body(SPEC, status=dict(first["status"]))
+    index = as_kopf_index(inference_services(namespace="ml", name="qwen", body=parent))
+    await on_child_event(**child_event("MODIFIED", "Deployment"), memo=memo(client), inference_services=index)
+    assert client.writes == []
+    ((_, status),) = client.status_patches
+    ready = status["conditions"][0]
+    assert (ready["type"], ready["status"]) == ("Ready", "True")
+    assert status["readyReplicas"] == 1
+
+
+async def test_child_events_that_need_nothing_do_nothing():
     client = FakeKube()
     deleting = body(SPEC)
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    index = as_kopf_index(inference_services(namespace="ml", name="qwen", body=deleting))
-    for name in ("qwen", "other"):
-        await on_child_event(namespace="ml", labels={"fleetserve.io/inference-service": name}, logger=LOGGER,
-                             memo=memo(client), inference_services=index)
+    gone_parent = as_kopf_index(inference_services(namespace="ml", name="qwen", body=deleting))
+    live_parent = as_kopf_index(inference_services(namespace="ml", name="qwen", body=body(SPEC)))
+    await on_child_event(**child_event("DELETED", "Deployment"), memo=memo(client), inference_services=gone_parent)
+    await on_child_event(**child_event("DELETED", "Service"), memo=memo(client), inference_services={})
+    await on_child_event(**child_event("MODIFIED", "Service"), memo=memo(client), inference_services=live_parent)
     assert client.writes == [] and client.status_patches == []

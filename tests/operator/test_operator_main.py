@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import kopf
 import pytest
+
 from fleetserve.operator import main as operator_main
 from fleetserve.operator.kube import Ref, auth_headers
 from fleetserve.operator.settings import configure
@@ -38,10 +39,19 @@ def test_flags_reach_the_config(monkeypatch):
     assert (config.runtime_image, config.liveness_endpoint) == ("img:2", None)
 
 
+def test_standalone_names_no_peering_else_peering_is_mandatory(monkeypatch):
+    standalone = operator_main.run_options(config_for(["--standalone"], monkeypatch))
+    assert standalone["standalone"] is True and standalone["peering_name"] is None
+    peered = operator_main.run_options(config_for(["--peering", "fs", "-n", "ml"], monkeypatch))
+    assert peered["peering_name"] == "fs" and peered["standalone"] is False
+    assert (peered["clusterwide"], peered["namespaces"]) == (False, ("ml",))
+
+
 def test_kopf_settings(monkeypatch):
     settings = kopf.OperatorSettings()
     configure(settings, config_for(["-n", "ml", "--priority", "3"], monkeypatch))
     assert settings.peering.priority == 3 and not settings.peering.clusterwide
+    assert settings.peering.mandatory and not settings.peering.standalone
     assert settings.posting.level >= 30  # only warnings and errors become Kubernetes Events
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
     assert list(settings.watching.label_selectors.values()) == ["fleetserve.io/inference-service"] * 2

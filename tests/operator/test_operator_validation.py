@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fleetserve.operator.sources import HubLocation, PvcLocation, SourceError, parse_source
 from fleetserve.operator.validation import check_spec
 
