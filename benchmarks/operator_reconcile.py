@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp.web
 import kmock
 
 from fleetserve.operator import names
@@ -55,7 +56,7 @@ class ForgetfulEmulator(kmock.KubernetesEmulator):
     the figures would measure kmock's bookkeeping rather than the operator.
     """
 
-    async def _handle(self, request):  # type: ignore[no-untyped-def]
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         del self._requests[:-KEEP_REQUESTS]
         return await super()._handle(request)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
+
+import kopf
 
 from fleetserve.operator.kube import CONFLICT, KubeClient, KubeError, Obj, Ref
 from fleetserve.operator.meta import Owner
@@ -37,7 +38,7 @@ def is_owned_by(obj: Mapping[str, Any], owner: Owner) -> bool:
     return controller_uid(obj) == owner.uid
 
 
-async def ensure(client: KubeClient, owner: Owner, manifest: Obj, logger: logging.Logger) -> Obj:
+async def ensure(client: KubeClient, owner: Owner, manifest: Obj, logger: kopf.Logger) -> Obj:
     """Make the live object match ``manifest``; returns the live object."""
     ref = Ref.of(manifest)
     live = await client.get(ref)
@@ -58,7 +59,7 @@ async def ensure(client: KubeClient, owner: Owner, manifest: Obj, logger: loggin
     return await client.apply(manifest)
 
 
-async def remove(client: KubeClient, owner: Owner, ref: Ref, logger: logging.Logger) -> bool:
+async def remove(client: KubeClient, owner: Owner, ref: Ref, logger: kopf.Logger) -> bool:
     """Delete a child the spec no longer asks for, but only if this InferenceService owns it."""
     live = await client.get(ref)
     if live is None or not is_owned_by(live, owner):

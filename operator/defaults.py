@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fleetserve.runtime import wire
+
 # Runtime pods. A replica that downloads and loads a 70B model can take many minutes before
 # /health answers; the startup probe allows STARTUP_TIMEOUT_SECONDS before the kubelet restarts it.
 PROBE_PERIOD_SECONDS = 10
@@ -25,7 +27,7 @@ HF_HOME = f"{CACHE_MOUNT_PATH}/huggingface"
 # Environment variable names the runtime reads.
 ENV_HF_TOKEN = "HF_TOKEN"
 ENV_HF_HOME = "HF_HOME"
-ENV_API_KEY = "FLEETSERVE_API_KEY"
+ENV_API_KEY = wire.ENV_API_KEY
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_ADAPTER_NAME_LENGTH = 63

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,28 +33,27 @@ def make_memo(config: OperatorConfig) -> kopf.Memo:
     return kopf.Memo(config=config, client=KubeClient())
 
 
-async def reconcile_or_retry(memo: Any, body: Mapping[str, Any], logger: logging.Logger) -> dict[str, Any]:
+async def reconcile_or_retry(memo: Any, body: Mapping[str, Any], logger: kopf.Logger) -> dict[str, Any]:
     try:
         return await reconcile(memo.client, memo.config, body, logger)
     except (KubeError, aiohttp.ClientError, TimeoutError) as error:
         raise kopf.TemporaryError(f"Kubernetes API call failed: {error}", delay=RETRY_DELAY_SECONDS) from error
 
 
-async def on_inference_service(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, memo: Any,
+async def on_inference_service(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: Any,
                                **_: Any) -> None:
     """Reconcile and put the status changes into kopf's patch of the InferenceService."""
     new_status = await reconcile_or_retry(memo, body, logger)
     patch.status.update(status_changes(body.get("status") or {}, new_status))
 
 
-def inference_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+def inference_services(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Index: (namespace, name) -> the InferenceService, for handlers of its children."""
     return {(namespace, name): copy.deepcopy(dict(body))}
 
 
-async def on_child_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, labels: Mapping[str, str],
-                         logger: logging.Logger, memo: Any, inference_services: kopf.Index[Any, Any],
-                         **_: Any) -> None:
+async def on_child_event(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
+                         labels: Mapping[str, str], logger: kopf.Logger, memo: Any, **kwargs: Any) -> None:
     """A Deployment or Service of ours changed or vanished.
 
     Deleted: reconcile its InferenceService, which recreates it. A Deployment changed: refresh
@@ -63,10 +61,11 @@ async def on_child_event(event: Mapping[str, Any], body: kopf.Body, namespace: s
     Other Service changes need nothing.
     """
     is_deleted = event.get("type") == "DELETED"
-    if not is_deleted and body.get("kind") != "Deployment":
+    if namespace is None or (not is_deleted and body.get("kind") != "Deployment"):
         return
     parent_name = labels[wire.LABEL_SERVICE]
-    for parent in inference_services.get((namespace, parent_name), []):
+    index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["inference_services"]  # see inference_services()
+    for parent in index.get((namespace, parent_name), []):
         if parent["metadata"].get("deletionTimestamp"):
             continue  # being deleted: the garbage collector removes the children
         try:
@@ -89,7 +88,7 @@ def default_login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.Connec
 def build_registry(config: OperatorConfig, login: LoginFn = default_login) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
-    async def authenticate(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger,
+    async def authenticate(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger,
                            **_: Any) -> kopf.ConnectionInfo | None:
         info = login(settings=settings, logger=logger)
         if info is not None:

@@ -7,9 +7,10 @@ problems become conditions instead.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
+
+import kopf
 
 from fleetserve.operator import names
 from fleetserve.operator.apply import OwnershipConflict, ensure, remove
@@ -33,7 +34,7 @@ CHILD_CONFLICT = "ChildConflict"
 
 async def apply_children(
     client: KubeClient, owner: Owner, spec: InferenceServiceSpec, config: OperatorConfig, replicas: int,
-    logger: logging.Logger,
+    logger: kopf.Logger,
 ) -> Observed:
     live = {}
     for manifest in build_children(owner, spec, config.runtime_image, replicas):
@@ -73,7 +74,7 @@ def invalid_status(body: Mapping[str, Any], message: str) -> dict[str, Any]:
 
 
 async def reconcile(
-    client: KubeClient, config: OperatorConfig, body: Mapping[str, Any], logger: logging.Logger
+    client: KubeClient, config: OperatorConfig, body: Mapping[str, Any], logger: kopf.Logger
 ) -> dict[str, Any]:
     """Apply the children of ``body`` and return its new status (the caller writes it)."""
     owner = Owner.from_body(body)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import kubernetes_validate
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,7 +40,7 @@ PVC_LORA = {
     "adapters": [{"name": "sql", "source": "pvc://models/adapters/sql"}],
     "replicas": {"count": 0},
 }
-SPECS = {"minimal": MINIMAL, "gpu-ingress": GPU_INGRESS, "pvc-lora": PVC_LORA}
+SPECS: dict[str, dict[str, Any]] = {"minimal": MINIMAL, "gpu-ingress": GPU_INGRESS, "pvc-lora": PVC_LORA}
 
 
 def spec_of(raw: dict) -> InferenceServiceSpec:
@@ -224,3 +226,18 @@ specs = st.fixed_dictionaries(
 def test_any_valid_spec_builds_valid_manifests(raw, replicas):
     for manifest in build_children(OWNER, spec_of(raw), IMAGE, replicas):
         kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_serve_args_parse_with_the_runtime_servers_own_parser(name):
+    """The contract with `fleetserve serve`: every flag the operator passes is one it accepts."""
+    from fleetserve.runtime.server.launch import build_parser
+
+    spec = spec_of(SPECS[name])
+    args = serve_args(spec)
+    assert args[0] == "serve"
+    parsed = build_parser().parse_args(args[1:])
+    assert parsed.port == wire.DEFAULT_PORT and parsed.host == "0.0.0.0"
+    assert parsed.model_path == flag(args, "--model-path")
+    assert parsed.served_model_name[0] == flag(args, "--served-model-name")
+    assert parsed.enable_cache_report is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Any
 
 import kopf
 import pytest
@@ -56,9 +57,10 @@ def memo(client: FakeKube) -> kopf.Memo:
 
 
 def body(spec: dict, status: dict | None = None, generation: int = 1) -> kopf.Body:
-    return kopf.Body({"apiVersion": "fleetserve.io/v1alpha1", "kind": "InferenceService",
+    raw: dict[str, Any] = {"apiVersion": "fleetserve.io/v1alpha1", "kind": "InferenceService",
                       "metadata": {"name": "qwen", "namespace": "ml", "uid": "u1", "generation": generation},
-                      "spec": spec, "status": status or {}})
+                      "spec": spec, "status": status or {}}
+    return kopf.Body(raw)  # type: ignore[arg-type]  # kopf's RawBody TypedDict omits generation
 
 
 def as_kopf_index(entries: dict) -> dict:
