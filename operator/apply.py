@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from fleetserve.operator.kube import CONFLICT, KubeClient, KubeError, Obj, Ref
+from fleetserve.operator.kube import CONFLICT, NOT_FOUND, KubeClient, KubeError, Obj, Ref
 from fleetserve.operator.meta import Owner
 
 
@@ -38,6 +38,21 @@ def is_owned_by(obj: Mapping[str, Any], owner: Owner) -> bool:
     return controller_uid(obj) == owner.uid
 
 
+async def create(client: KubeClient, manifest: Obj) -> Obj:
+    """Create by server-side apply, so that later applies own every field and can drop any.
+
+    Fields a POST set belong to an "Update" entry in managedFields that no apply ever clears, so a
+    flag or env var removed from the spec would linger. An API server without create-on-apply
+    (kmock) answers 404; then POST.
+    """
+    try:
+        return await client.apply(manifest)
+    except KubeError as error:
+        if error.status != NOT_FOUND:
+            raise
+    return await client.create(manifest)
+
+
 async def ensure(client: KubeClient, owner: Owner, manifest: Obj, logger: kopf.Logger) -> Obj:
     """Make the live object match ``manifest``; returns the live object."""
     ref = Ref.of(manifest)
@@ -45,7 +60,7 @@ async def ensure(client: KubeClient, owner: Owner, manifest: Obj, logger: kopf.L
     if live is None:
         logger.info("Creating %s %s", ref.kind, ref.name)
         try:
-            return await client.create(manifest)
+            return await create(client, manifest)
         except KubeError as error:
             if error.status != CONFLICT:  # created meanwhile by a concurrent reconcile: patch it below
                 raise

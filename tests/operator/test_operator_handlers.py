@@ -38,6 +38,7 @@ class FakeKube:
         return copy.deepcopy(manifest)
 
     async def apply(self, manifest):
+        """Server-side apply: creates a missing object, like a real API server (unlike kmock)."""
         ref = Ref.of(manifest)
         self.writes.append(("apply", ref))
         self.objects[ref] = copy.deepcopy(manifest)
@@ -80,7 +81,7 @@ async def reconcile_once(client: FakeKube, raw: kopf.Body) -> kopf.Patch:
 async def test_first_reconcile_creates_children_and_reports_not_ready():
     client = FakeKube()
     patch = await reconcile_once(client, body(SPEC))
-    created = {(ref.kind, ref.name) for verb, ref in client.writes if verb == "create"}
+    created = {(ref.kind, ref.name) for verb, ref in client.writes if verb == "apply"}
     assert created == {("ServiceAccount", "qwen-router"), ("Role", "qwen-router"), ("RoleBinding", "qwen-router"),
                        ("Service", "qwen-runtime"), ("Deployment", "qwen-runtime"), ("Service", "qwen"),
                        ("Deployment", "qwen-router")}
@@ -155,7 +156,7 @@ async def test_a_deleted_child_makes_the_parent_reconcile_and_recreate_it():
     client = FakeKube()
     index = as_kopf_index(inference_services(namespace="ml", name="qwen", body=body(SPEC)))
     await on_child_event(**child_event("DELETED", "Deployment"), memo=memo(client), inference_services=index)
-    assert ("create", Ref("apps/v1", "Deployment", "ml", "qwen-runtime")) in client.writes
+    assert ("apply", Ref("apps/v1", "Deployment", "ml", "qwen-runtime")) in client.writes
     ((ref, status),) = client.status_patches
     assert ref == Ref("fleetserve.io/v1alpha1", "InferenceService", "ml", "qwen")
     assert status["conditions"][0]["type"] == "Ready"
@@ -188,3 +189,19 @@ async def test_child_events_that_need_nothing_do_nothing():
     await on_child_event(**child_event("DELETED", "Service"), memo=memo(client), inference_services={})
     await on_child_event(**child_event("MODIFIED", "Service"), memo=memo(client), inference_services=live_parent)
     assert client.writes == [] and client.status_patches == []
+
+
+class KmockLikeKube(FakeKube):
+    """An API server that cannot create by apply (404 for a missing object), as kmock."""
+
+    async def apply(self, manifest):
+        if Ref.of(manifest) not in self.objects:
+            raise KubeError(404, "not found")
+        return await super().apply(manifest)
+
+
+async def test_without_create_on_apply_children_are_posted():
+    client = KmockLikeKube()
+    await reconcile_once(client, body(SPEC))
+    runtime = Ref("apps/v1", "Deployment", "ml", "qwen-runtime")
+    assert ("create", runtime) in client.writes and runtime in client.objects
