@@ -67,9 +67,7 @@ def load_model(cfg: ModelConfig, device: torch.device) -> LlamaForCausalLM:
         model = LlamaForCausalLM(cfg)
     model = model.to_empty(device=device).to(cfg.dtype)
     # the rope tables were created on meta: rebuild them on the device, in float32
-    rope = RotaryEmbedding(cfg.head_dim, cfg.max_model_len, cfg.rope_theta, cfg.rope_scaling).to(device)
-    for layer in model.layers:
-        layer.self_attn.rope = rope
+    model.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_model_len, cfg.rope_theta, cfg.rope_scaling).to(device)
     params = dict(model.named_parameters())
     pending: dict[str, dict[int, torch.Tensor]] = {}
     loaded: set[str] = set()
