@@ -72,6 +72,13 @@ def test_one_kind_per_template_file():
             assert len({doc["kind"] for doc in docs}) <= 1, path
 
 
+def test_every_crd_validates_as_a_custom_resource_definition():
+    for path in (CHART_DIR / "crds").glob("*.yaml"):
+        for crd in yaml.safe_load_all(path.read_text()):
+            assert crd["kind"] == "CustomResourceDefinition"
+            kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
+
+
 def test_chart_crds_are_the_top_level_crds():
     top = {p.name: p.read_text() for p in (ROOT / "crds").glob("*.yaml")}
     chart = {p.name: p.read_text() for p in (CHART_DIR / "crds").glob("*.yaml")}

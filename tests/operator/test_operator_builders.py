@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -241,3 +243,16 @@ def test_serve_args_parse_with_the_runtime_servers_own_parser(name):
     assert parsed.model_path == flag(args, "--model-path")
     assert parsed.served_model_name[0] == flag(args, "--served-model-name")
     assert parsed.enable_cache_report is True
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_build_valid_manifests(path):
+    example = yaml.safe_load(path.read_text())
+    owner = Owner(name=example["metadata"]["name"], namespace="ml", uid="uid-1")
+    children = build_children(owner, spec_of(example["spec"]), IMAGE, 1)
+    for manifest in children:
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    assert ("Ingress" in {m["kind"] for m in children}) == ("ingress" in example["spec"])
