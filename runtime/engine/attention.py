@@ -55,8 +55,9 @@ class _Group:
     """Sequences attended together with one padded SDPA call."""
 
     q_index: torch.Tensor  # [B, Qmax] index into the batch's tokens (padding -> 0)
-    q_valid: torch.Tensor  # [B, Qmax] bool
-    page_table: torch.Tensor  # [B, num_pages] (padding -> page 0, masked out)
+    valid_rows: torch.Tensor  # [num valid queries] rows of the flattened [B * Qmax] output to keep
+    page_table: torch.Tensor  # [B * num_pages] flattened (padding -> page 0, masked out)
+    num_pages: int
     mask: torch.Tensor  # [B, 1, Qmax, num_pages * page_size] bool, True = attend
     out_index: torch.Tensor  # [num valid queries] token index in the batch
 
@@ -103,8 +104,8 @@ class TorchAttentionBackend:
         mask = torch.arange(num_pages * ps)[None, None, :] <= q_abs[:, :, None]
         mask[:, :, 0] |= ~q_valid  # padded query rows see one key so SDPA never divides by zero
         dev = self.device
-        return _Group(q_index.to(dev), q_valid.to(dev), tables.to(dev), mask.unsqueeze(1).to(dev),
-                      q_index[q_valid].to(dev))
+        return _Group(q_index.to(dev), q_valid.flatten().nonzero().squeeze(1).to(dev), tables.flatten().to(dev),
+                      num_pages, mask.unsqueeze(1).to(dev), q_index[q_valid].to(dev))
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_cache, v_cache = self.kv_cache[layer]
@@ -113,11 +114,14 @@ class TorchAttentionBackend:
         v_cache.view(-1, heads, dim).index_copy_(0, self._slots, v)
         out = torch.empty_like(q)
         for g in self._groups:
-            b, num_pages = g.page_table.shape
+            b, q_max = g.q_index.shape
+            length = g.num_pages * ps
             qg = q[g.q_index].transpose(1, 2)  # [B, Hq, Qmax, D]
-            kg = k_cache[g.page_table].view(b, num_pages * ps, heads, dim).transpose(1, 2)  # [B, Hkv, L, D]
-            vg = v_cache[g.page_table].view(b, num_pages * ps, heads, dim).transpose(1, 2)
-            o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask, scale=self.scale,
-                                               enable_gqa=qg.shape[1] != kg.shape[1])
-            out[g.out_index] = o.transpose(1, 2)[g.q_valid]
+            # index_select over whole pages of a 2-D view: one contiguous copy per page
+            kg = k_cache.view(k_cache.shape[0], -1).index_select(0, g.page_table).view(b, length, heads, dim)
+            vg = v_cache.view(v_cache.shape[0], -1).index_select(0, g.page_table).view(b, length, heads, dim)
+            o = F.scaled_dot_product_attention(qg, kg.transpose(1, 2), vg.transpose(1, 2), attn_mask=g.mask,
+                                               scale=self.scale, enable_gqa=qg.shape[1] != heads)
+            rows = o.transpose(1, 2).reshape(b * q_max, *q.shape[1:]).index_select(0, g.valid_rows)
+            out.index_copy_(0, g.out_index, rows)
         return out
