@@ -35,12 +35,14 @@ STATUS_NOTES = """
 
 | type | status | reasons |
 |---|---|---|
-| `Ready` | True when at least one runtime replica and one router replica pass their readiness probes | `Ready`, `RuntimeNotReady`, `RouterNotReady`, `ScaledToZero`, `InvalidSpec`, `ChildConflict` |
-| `Progressing` | True while the runtime Deployment rolls out or scales toward `desiredReplicas` | `RollingOut`, `RolloutComplete`, `InvalidSpec`, `ChildConflict` |
-| `Degraded` | True when the rollout cannot finish or the spec cannot be served | `AsExpected`, `ProgressDeadlineExceeded`, `ReplicaFailure`, `InvalidSpec`, `ChildConflict` |
+| `Ready` | True when at least one runtime replica and one router replica pass their readiness probes | `Ready`, `RuntimeNotReady`, `RouterNotReady`, `ScaledToZero`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
+| `Progressing` | True while the runtime Deployment rolls out or scales toward `desiredReplicas` | `RollingOut`, `RolloutComplete`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
+| `Degraded` | True when the rollout cannot finish or the spec cannot be served | `AsExpected`, `ProgressDeadlineExceeded`, `ReplicaFailure`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
 
 Each condition carries `observedGeneration` and a `lastTransitionTime` that moves only when its
-status changes.
+status changes. `ChildConflict`: an object with a child's name exists and belongs to something
+else. `ChildRejected`: the API server refused a child the spec produced (its message is copied).
+`Forbidden`: the operator's RBAC lacks a right. The operator retries all three at every resync.
 """
 
 

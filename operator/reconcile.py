@@ -17,7 +17,7 @@ from fleetserve.operator.apply import OwnershipConflict, ensure, remove
 from fleetserve.operator.children import build_children, desired_replicas, service_url
 from fleetserve.operator.conditions import DEGRADED, PROGRESSING, READY, ConditionState, now_rfc3339
 from fleetserve.operator.config import OperatorConfig
-from fleetserve.operator.kube import KubeClient, Ref
+from fleetserve.operator.kube import KubeClient, KubeError, Ref
 from fleetserve.operator.meta import Owner
 from fleetserve.operator.spec import InferenceServiceSpec
 from fleetserve.operator.status import (
@@ -29,7 +29,12 @@ from fleetserve.operator.status import (
 )
 from fleetserve.operator.validation import check_spec
 
-CHILD_CONFLICT = "ChildConflict"
+CHILD_CONFLICT = "ChildConflict"  # a child's name is taken by an object this service does not own
+CHILD_REJECTED = "ChildRejected"  # the API server refused a child (400/422): the spec must change
+FORBIDDEN = "Forbidden"  # the operator lacks RBAC for a child (403): the chart's RBAC must change
+# API errors that retrying the same request cannot fix: reported as conditions; the resync timer
+# tries again, so a fixed spec or RBAC is picked up without a restart.
+FAILURE_REASONS = {400: CHILD_REJECTED, 422: CHILD_REJECTED, 403: FORBIDDEN}
 
 
 async def apply_children(
@@ -48,12 +53,17 @@ async def apply_children(
     )
 
 
-def conflict_conditions(message: str) -> list[ConditionState]:
+def failure_conditions(reason: str, message: str) -> list[ConditionState]:
     return [
-        ConditionState(READY, "False", CHILD_CONFLICT, message),
-        ConditionState(PROGRESSING, "False", CHILD_CONFLICT, message),
-        ConditionState(DEGRADED, "True", CHILD_CONFLICT, message),
+        ConditionState(READY, "False", reason, message),
+        ConditionState(PROGRESSING, "False", reason, message),
+        ConditionState(DEGRADED, "True", reason, message),
     ]
+
+
+def failed_status(body: Mapping[str, Any], reason: str, message: str) -> dict[str, Any]:
+    generation = body["metadata"].get("generation")
+    return build_status(body.get("status") or {}, failure_conditions(reason, message), generation, now_rfc3339())
 
 
 def healthy_status(body: Mapping[str, Any], spec: InferenceServiceSpec, observed: Observed) -> dict[str, Any]:
@@ -87,9 +97,12 @@ async def reconcile(
         observed = await apply_children(client, owner, check.spec, config, desired, logger)
     except OwnershipConflict as conflict:
         logger.warning("%s", conflict)
-        generation = body["metadata"].get("generation")
-        return build_status(body.get("status") or {}, conflict_conditions(str(conflict)), generation,
-                            now_rfc3339())
+        return failed_status(body, CHILD_CONFLICT, str(conflict))
+    except KubeError as error:
+        if error.status not in FAILURE_REASONS:
+            raise  # transient (5xx, 429, 409 …): kopf retries
+        logger.warning("The API server refused a child: %s", error)
+        return failed_status(body, FAILURE_REASONS[error.status], error.message)
     return healthy_status(body, check.spec, observed)
 
 

@@ -22,6 +22,7 @@ Quantity = Annotated[
 ]
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 URI_PATTERN = r"^[a-z][a-z0-9+.-]*://.+$"
+HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 Policy = Literal["cache_aware", "round_robin", "least_load", "random"]
 DType = Literal["auto", "float16", "bfloat16", "float32"]
@@ -169,7 +170,8 @@ class Router(Model):
 
 
 class Ingress(Model):
-    host: str = Field(description="Host name the Ingress serves, e.g. llm.example.com.", min_length=1)
+    host: str = Field(description="Host name the Ingress serves, e.g. llm.example.com.", pattern=HOST_PATTERN,
+                      max_length=253)
     class_name: str | None = Field(default=None, description="IngressClass to use; the cluster default "
                                    "when empty.")
     path: str = Field(default="/", description="URL path prefix routed to the router.", pattern=r"^/")

@@ -120,6 +120,7 @@ def test_examples_validate_against_the_crd_schema(path):
         (lambda o: o["spec"].update(runtime={"resources": {"gpus": -1}}), "-1"),
         (lambda o: o["spec"].update(replicas={"min": 0}), "0"),
         (lambda o: o["spec"].update(adapters=[{"name": "Bad_Name", "source": "hf://a/b"}]), "Bad_Name"),
+        (lambda o: o["spec"].update(ingress={"host": "https://llm.example.com"}), "https://"),
     ],
 )
 def test_schema_rejects_bad_specs(change, where):

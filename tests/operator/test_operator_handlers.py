@@ -191,6 +191,26 @@ async def test_child_events_that_need_nothing_do_nothing():
     assert client.writes == [] and client.status_patches == []
 
 
+class RejectingKube(FakeKube):
+    """An API server that refuses one kind of child with a given status."""
+
+    def __init__(self, kind: str, status: int) -> None:
+        super().__init__()
+        self.kind, self.status = kind, status
+
+    async def apply(self, manifest):
+        if manifest["kind"] == self.kind:
+            raise KubeError(self.status, f"{self.kind} refused")
+        return await super().apply(manifest)
+
+
+@pytest.mark.parametrize(("status", "reason"), [(422, "ChildRejected"), (403, "Forbidden")])
+async def test_a_child_the_api_refuses_becomes_a_condition(status, reason):
+    patch = await reconcile_once(RejectingKube("Ingress", status), body({**SPEC, "ingress": {"host": "a.b"}}))
+    ready = patch["status"]["conditions"][0]
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", reason, "Ingress refused")
+
+
 class KmockLikeKube(FakeKube):
     """An API server that cannot create by apply (404 for a missing object), as kmock."""
 
