@@ -12,7 +12,7 @@ import json
 import ssl
 import tempfile
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import aiohttp
 import kopf
@@ -67,11 +67,11 @@ def ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
     if info.insecure:
         return False
     context = ssl.create_default_context(cafile=info.ca_path, cadata=_text(info.ca_data))
-    cert, key = info.certificate_path, info.private_key_path
-    if info.certificate_data and info.private_key_data:
-        cert, key = _tempfile(info.certificate_data), _tempfile(info.private_key_data)
-    if cert and key:
-        context.load_cert_chain(cert, key)
+    if info.certificate_data and info.private_key_data:  # ssl loads client certificates from files only
+        with _tempfile(info.certificate_data) as cert, _tempfile(info.private_key_data) as key:
+            context.load_cert_chain(cert.name, key.name)
+    elif info.certificate_path and info.private_key_path:
+        context.load_cert_chain(info.certificate_path, info.private_key_path)
     return context
 
 
@@ -79,10 +79,12 @@ def _text(data: str | bytes | None) -> str | None:
     return data.decode() if isinstance(data, bytes) else data
 
 
-def _tempfile(data: str | bytes) -> str:
-    with tempfile.NamedTemporaryFile("wb", delete=False, suffix=".pem") as f:
-        f.write(data if isinstance(data, bytes) else data.encode())
-        return f.name
+def _tempfile(data: str | bytes) -> IO[bytes]:
+    """A private temporary file holding ``data``, removed when closed."""
+    f = tempfile.NamedTemporaryFile("wb", suffix=".pem")  # noqa: SIM115  the caller closes it
+    f.write(data if isinstance(data, bytes) else data.encode())
+    f.flush()
+    return f
 
 
 def auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:

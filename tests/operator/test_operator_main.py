@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+
 import kopf
 import pytest
 
 from fleetserve.operator import main as operator_main
-from fleetserve.operator.kube import Ref, auth_headers
+from fleetserve.operator.kube import Ref, auth_headers, ssl_context
 from fleetserve.operator.settings import configure
 from fleetserve.runtime import cli
 
@@ -71,3 +77,15 @@ def test_paths_and_auth_headers():
     assert auth_headers(kopf.ConnectionInfo(server="s", username="u", password="p")) == {
         "Authorization": "Basic dTpw"}
     assert auth_headers(kopf.ConnectionInfo(server="s")) == {}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a test certificate")
+def test_client_certificates_from_kubeconfig_data_load_and_leave_no_files(tmp_path):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", tmp_path / "key.pem",
+                    "-out", tmp_path / "cert.pem", "-days", "1", "-subj", "/CN=test"], check=True, capture_output=True)
+    before = set(os.listdir(tempfile.gettempdir()))
+    info = kopf.ConnectionInfo(server="https://k8s.test", certificate_data=(tmp_path / "cert.pem").read_bytes(),
+                               private_key_data=(tmp_path / "key.pem").read_text())
+    assert isinstance(ssl_context(info), ssl.SSLContext)
+    assert set(os.listdir(tempfile.gettempdir())) <= before
+    assert ssl_context(kopf.ConnectionInfo(server="https://k8s.test", insecure=True)) is False
