@@ -16,6 +16,7 @@ from typing import Any
 
 from fleetserve.runtime.engine.config import EngineConfig
 from fleetserve.runtime.engine.engine import LLMEngine
+from fleetserve.runtime.engine.grammar_compiler import grammar_spec
 from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class AsyncEngine:
         self._wakeup.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        self.engine.grammars.shutdown()
         for stream in self._streams.values():
             stream.put_nowait(EngineDeadError("the server is shutting down"))
 
@@ -63,6 +65,13 @@ class AsyncEngine:
 
     def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         self.engine.check_request(prompt_token_ids, params)
+
+    async def check_grammar(self, params: SamplingParams) -> None:
+        """Compiles the request's structured-output constraint (cached) on the engine's compile pool,
+        without blocking the event loop or the step loop; raises EngineError with xgrammar's reason."""
+        spec = grammar_spec(params)
+        if spec is not None:
+            await asyncio.wrap_future(self.engine.grammars.submit(spec))
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                        lora_name: str | None = None) -> AsyncIterator[RequestOutput]:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 import torch
 
 from fleetserve.runtime.engine.config import EngineConfig, ModelConfig
 from fleetserve.runtime.engine.detokenizer import IncrementalDetokenizer
+from fleetserve.runtime.engine.grammar_compiler import GrammarCompilerCache, grammar_spec
+from fleetserve.runtime.engine.grammar_matcher import SequenceGrammar, allowed_token_mask
 from fleetserve.runtime.engine.logprobs import prompt_logprobs
 from fleetserve.runtime.engine.model_runner import ModelRunner, StepLogits
 from fleetserve.runtime.engine.outputs import collect_outputs, finish
@@ -27,6 +30,8 @@ from fleetserve.runtime.engine.sequence import Request, Sequence
 from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
+
+GRAMMAR_WAIT_S = 0.01  # an idle step waits this long for a grammar to finish compiling
 
 
 class LLMEngine:
@@ -40,6 +45,8 @@ class LLMEngine:
         self.scheduler = Scheduler(pool, config.max_num_batched_tokens, config.max_running_requests)
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
+        self.grammars = GrammarCompilerCache(tokenizer, model_config.vocab_size, model_config.eos_token_ids)
+        self._compiling: dict[str, Future] = {}  # request id -> its grammar, compiling off the loop
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -74,6 +81,10 @@ class LLMEngine:
         if request_id in self.requests:
             raise EngineError(f"request id {request_id!r} is already in use")
         self.check_request(prompt_token_ids, params)
+        spec = grammar_spec(params)
+        grammar = self.grammars.submit(spec) if spec is not None else None
+        if grammar is not None and grammar.done() and grammar.exception() is not None:
+            raise grammar.exception()  # an EngineError with xgrammar's reason
         request = Request(request_id, list(prompt_token_ids), params, lora_name=lora_name)
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None]
@@ -86,12 +97,16 @@ class LLMEngine:
             request.sequences.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = request
+        if grammar is not None:
+            request.is_grammar_pending = True  # the scheduler skips it until _start_grammars
+            self._compiling[request_id] = grammar
 
     def abort_request(self, request_id: str) -> None:
         """Frees the request's pages now; its final output (finish_reason "abort") comes with the next step."""
         request = self.requests.pop(request_id, None)
         if request is None:
             return
+        self._compiling.pop(request_id, None)
         for seq in request.sequences:
             if seq.status != "finished":
                 self.scheduler.remove(seq)
@@ -114,6 +129,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         touched: dict[str, Request] = {r.request_id: r for r in self._aborted}
         self._aborted = []
+        self._start_grammars()
         batch = self.scheduler.schedule().scheduled
         if batch:
             now = time.monotonic()
@@ -128,11 +144,30 @@ class LLMEngine:
             for seq, (token, logprob) in sampled.items():
                 self._append(seq, token, logprob)
             touched.update((item.seq.request.request_id, item.seq.request) for item in batch)
+        elif self._compiling:  # nothing to run until a grammar is ready: do not spin
+            wait(list(self._compiling.values()), timeout=GRAMMAR_WAIT_S, return_when=FIRST_COMPLETED)
         outputs = collect_outputs(touched.values())
         for out in outputs:
             if out.finished:
                 self.requests.pop(out.request_id, None)
         return outputs
+
+    def _start_grammars(self) -> None:
+        """Requests whose grammar has compiled become schedulable, each sequence with its own matcher."""
+        for request_id, future in list(self._compiling.items()):
+            if not future.done():
+                continue
+            del self._compiling[request_id]
+            request = self.requests[request_id]
+            request.is_grammar_pending = False
+            try:
+                compiled = future.result()
+            except EngineError as exc:  # only direct engine users get here: the server compiles first
+                logger.warning("request %s aborted: %s", request_id, exc)
+                self.abort_request(request_id)
+                continue
+            for seq in request.sequences:
+                seq.grammar = SequenceGrammar(compiled, self.model_config.vocab_size)
 
     def _sample(self, batch: list[ScheduledSequence], step: StepLogits) -> dict[Sequence, tuple]:
         rows, row_index = [], []
@@ -145,8 +180,9 @@ class LLMEngine:
         if not rows:
             return {}
         logits = step.logits[torch.tensor(row_index, device=step.logits.device)]
-        result = sample(logits, rows, eos_token_ids=self.model_config.eos_token_ids)
         seqs = [item.seq for item in batch if item.samples]
+        allowed = allowed_token_mask([seq.grammar for seq in seqs], self.model_config.vocab_size, logits.device)
+        result = sample(logits, rows, eos_token_ids=self.model_config.eos_token_ids, allowed_mask=allowed)
         return {seq: (tok, lp) for seq, tok, lp in zip(seqs, result.token_ids, result.logprobs, strict=True)}
 
     def _record_prompt_logprobs(self, batch: list[ScheduledSequence], step: StepLogits) -> None:
@@ -178,10 +214,15 @@ class LLMEngine:
         if token in self.model_config.eos_token_ids and not params.ignore_eos:
             seq.new_text += seq.detokenizer.flush()
             return self._finish(seq, "stop", None)
+        if seq.grammar is not None:
+            seq.grammar.accept(token)
         delta = seq.detokenizer.add_tokens([token])
         seq.new_text += delta.text
         if delta.stop_str is not None:
             return self._finish(seq, "stop", delta.stop_str)
+        if seq.grammar is not None and seq.grammar.is_finished:  # complete: end without sampling EOS
+            seq.new_text += seq.detokenizer.flush()
+            return self._finish(seq, "stop", None)
         if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.model_config.max_model_len:
             seq.new_text += seq.detokenizer.flush()
             return self._finish(seq, "length", None)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fleetserve.runtime.engine.detokenizer import IncrementalDetokenizer
 from fleetserve.runtime.engine.types import FinishReason, SamplingParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from fleetserve.runtime.engine.grammar_matcher import SequenceGrammar
 
 SequenceStatus = Literal["waiting", "running", "finished"]
 
@@ -29,6 +32,7 @@ class Request:
     prompt_logprobs: list[TokenLogprob | None] | None = None
     prompt_logprobs_sent: bool = False
     first_output_sent: bool = False
+    is_grammar_pending: bool = False  # its structured-output grammar is still compiling
     sequences: list[Sequence] = field(default_factory=list)
 
     @property
@@ -63,6 +67,7 @@ class Sequence:
     new_token_ids: list[int] = field(default_factory=list)
     new_text: str = ""
     new_logprobs: list[TokenLogprob] = field(default_factory=list)
+    grammar: SequenceGrammar | None = None  # the structured-output matcher, once compiled
 
     @property
     def num_tokens(self) -> int:
@@ -78,7 +83,10 @@ class Sequence:
 
     @property
     def is_blocked(self) -> bool:
-        """Sibling of an n > 1 request whose prompt is not computed yet by sequence 0."""
+        """Its grammar is still compiling, or it is a sibling of an n > 1 request whose prompt is not
+        computed yet by sequence 0."""
+        if self.request.is_grammar_pending:
+            return True
         if self.index == 0:
             return False
         first = self.request.sequences[0]

@@ -51,6 +51,25 @@ def check_request(state: ServerState, prompt_ids: list[int], params: SamplingPar
         raise bad_request(str(exc)) from exc
 
 
+def constraint_param(params: SamplingParams) -> str | None:
+    """The request field that holds the structured-output constraint, for error bodies."""
+    if params.regex is not None:
+        return "regex"
+    if params.ebnf is not None:
+        return "ebnf"
+    if params.json_schema is not None or params.json_object:
+        return "response_format"
+    return None
+
+
+async def check_grammar(state: ServerState, params: SamplingParams) -> None:
+    """A schema, regex or grammar that xgrammar cannot compile is a 400 with xgrammar's reason."""
+    try:
+        await state.engine.check_grammar(params)
+    except EngineError as exc:
+        raise bad_request(str(exc), constraint_param(params)) from exc
+
+
 async def engine_stream(state: ServerState, request_id: str, prompt_ids: list[int],
                         params: SamplingParams) -> AsyncIterator[RequestOutput]:
     """The engine's output stream with metrics; closing it early aborts the engine request."""

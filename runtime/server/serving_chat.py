@@ -17,6 +17,7 @@ from fleetserve.runtime.server.errors import error_body
 from fleetserve.runtime.server.generation import (
     RequestResult,
     Usage,
+    check_grammar,
     check_request,
     collect,
     default_max_tokens,
@@ -96,6 +97,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     prompt_ids = state.chat.encode(prompt)
     params = drop_unknown_logit_bias(state, body.to_sampling_params(default_max_tokens(state, len(prompt_ids))))
     check_request(state, prompt_ids, params)
+    await check_grammar(state, params)
     call = ChatCall(state, body, new_request_id("chatcmpl"), model, int(time.time()),
                     prompt.rstrip().endswith(THINK_START))
     ticket = state.admission.admit()

@@ -25,6 +25,7 @@ from fleetserve.runtime.server.generation import (
     ChoiceResult,
     RequestResult,
     Usage,
+    check_grammar,
     check_request,
     check_token_ids,
     collect,
@@ -103,6 +104,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     params = drop_unknown_logit_bias(state, body.to_sampling_params())
     for prompt in prompts:
         check_request(state, prompt.token_ids, params)
+    await check_grammar(state, params)
     call = CompletionCall(state, body, new_request_id("cmpl"), model, int(time.time()), prompts)
     ticket = state.admission.admit(len(prompts))
     streams = _start(call, params)

@@ -80,6 +80,9 @@ class FakeEngine:
             raise EngineError(f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) = "
                               f"{total} exceeds the context length ({self.max_model_len})")
 
+    async def check_grammar(self, params: SamplingParams) -> None:
+        """The real engine compiles the constraint with xgrammar; the fake accepts any."""
+
     def _reply_ids(self, index: int, n: int) -> list[int]:
         text = self.reply if n == 1 else f"{self.reply} #{index}"
         return [*self.tokenizer(text, add_special_tokens=False)["input_ids"], self.eos_id]

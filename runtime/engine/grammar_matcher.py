@@ -1,0 +1,73 @@
+"""Per-sequence grammar state and the per-step token mask of a batch.
+
+Each constrained sequence owns one ``SequenceGrammar`` (an xgrammar ``GrammarMatcher``), advanced
+with every token the sequence accepts. Its state is a function of the sequence's output tokens only:
+a preempted sequence keeps its tokens and its matcher, and recomputing its KV samples nothing, so no
+token is ever fed twice.
+
+A sequence is finished by its grammar when the matcher is terminated (it accepted a stop token), or
+when the text so far is complete and nothing but a stop token may follow: the sequence then ends with
+``finish_reason="stop"`` without sampling (or emitting) the end-of-sequence token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import xgrammar as xgr
+
+from fleetserve.runtime.engine.grammar_compiler import CompiledConstraint, token_bitmask_without
+
+logger = logging.getLogger(__name__)
+
+
+
+class SequenceGrammar:
+    def __init__(self, compiled: CompiledConstraint, vocab_size: int):
+        self.matcher = xgr.GrammarMatcher(compiled.grammar)
+        self.token_filter = compiled.token_filter
+        self.vocab_size = vocab_size
+        self._not_stop = token_bitmask_without(self.matcher.stop_token_ids, vocab_size)
+        self.is_finished = False
+
+    def fill(self, bitmask: torch.Tensor, row: int) -> None:
+        """Writes the tokens allowed next into ``bitmask[row]``."""
+        self.matcher.fill_next_token_bitmask(bitmask, row)
+        if self.token_filter is not None:
+            bitmask[row] &= self.token_filter
+
+    def accept(self, token: int) -> bool:
+        """Advances past ``token``; False when the grammar refuses it (the sequence must end)."""
+        if not self.matcher.accept_token(token):
+            logger.warning("grammar refused token %d; ending the sequence", token)
+            self.is_finished = True
+            return False
+        self.is_finished = self.matcher.is_terminated() or (self.matcher.is_completed() and self._only_stop_allowed())
+        return True
+
+    def _only_stop_allowed(self) -> bool:
+        row = xgr.allocate_token_bitmask(1, self.vocab_size)
+        self.fill(row, 0)
+        return not bool((row[0] & self._not_stop).any())
+
+
+def allowed_token_mask(grammars: Sequence[SequenceGrammar | None], vocab_size: int,
+                       device: torch.device) -> torch.Tensor | None:
+    """[rows, vocab] bool (True = allowed) for the sampler, or None when no row is constrained."""
+    if all(g is None for g in grammars):
+        return None
+    bitmask = xgr.allocate_token_bitmask(len(grammars), vocab_size)  # all allowed
+    for row, grammar in enumerate(grammars):
+        if grammar is not None:
+            grammar.fill(bitmask, row)
+    return unpack_bitmask(bitmask, vocab_size).to(device)
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """xgrammar's int32 bitmask [rows, words] (CPU) -> bool [rows, vocab_size]."""
+    as_bytes = bitmask.contiguous().numpy().view(np.uint8)  # little-endian words: bit order = token order
+    bits = np.unpackbits(as_bytes, axis=1, count=vocab_size, bitorder="little")
+    return torch.from_numpy(bits).view(torch.bool)
