@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors.torch import save
+
 from fleetserve.runtime.demo.spec import build_config, dims_for
 from fleetserve.runtime.demo.tokenizer import ENDOFTEXT, IM_END, added_token_ids, write_tokenizer_files
 from fleetserve.runtime.demo.weights import init_weights
-from safetensors.torch import save
 
 # Bump whenever the written files change for the same arguments (it names the cache directories).
 DEMO_MODEL_VERSION = 2

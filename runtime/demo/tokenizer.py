@@ -6,8 +6,6 @@ import functools
 import json
 from pathlib import Path
 
-from fleetserve.runtime.demo.chat_template import chat_template_for
-from fleetserve.runtime.demo.corpus import build_corpus
 from tokenizers import (
     AddedToken,
     Regex,
@@ -19,6 +17,9 @@ from tokenizers import (
     processors,
     trainers,
 )
+
+from fleetserve.runtime.demo.chat_template import chat_template_for
+from fleetserve.runtime.demo.corpus import build_corpus
 
 # Size of the trained BPE vocabulary (256 byte tokens + merges); added tokens come after it.
 NUM_BPE_TOKENS = 4088

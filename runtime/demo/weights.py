@@ -16,6 +16,7 @@ import hashlib
 import math
 
 import torch
+
 from fleetserve.runtime.demo.spec import TIED_EMBEDDINGS, dims_for
 
 OUTPUT_LOGIT_STD = 8.0

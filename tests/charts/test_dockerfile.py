@@ -6,9 +6,9 @@ import fnmatch
 import re
 import shutil
 import subprocess
+import tomllib
 
 import pytest
-import tomllib
 import yaml
 from chart_helpers import CHART_DIR, ROOT
 

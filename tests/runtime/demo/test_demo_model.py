@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 import torch
+from tokenizers import Tokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
 from fleetserve.runtime.demo import ARCHS, default_demo_model_dir, write_demo_model
 from fleetserve.runtime.demo.cli import main as cli_main
 from fleetserve.runtime.demo.tokenizer import _trained_bpe_json
 from fleetserve.runtime.demo.weights import count_parameters
-from tokenizers import Tokenizer
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 CONFIG_CLASSES = {
     "llama": "LlamaConfig",
