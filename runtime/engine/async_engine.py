@@ -21,7 +21,7 @@ from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOut
 
 logger = logging.getLogger(__name__)
 
-Command = Callable[[LLMEngine], None]
+Command = Callable[[LLMEngine], object]
 
 
 class EngineDeadError(RuntimeError):

@@ -32,7 +32,7 @@ def build_backend(name: str, kv_cache: list[torch.Tensor], cfg: ModelConfig) -> 
     device = kv_cache[0].device
     if name == "flashinfer" or (name == "auto" and device.type == "cuda"):
         try:
-            from fleetserve.runtime.engine.attention_flashinfer import FlashInferBackend  # type: ignore[import-not-found]
+            from fleetserve.runtime.engine.attention_flashinfer import FlashInferBackend
         except ImportError as exc:
             if name == "flashinfer":
                 raise EngineError(f"the flashinfer attention backend is not available: {exc}") from exc

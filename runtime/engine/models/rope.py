@@ -36,7 +36,10 @@ def _llama3(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
 
 
 class RotaryEmbedding(torch.nn.Module):
-    """Holds cos/sin tables for every position up to `max_positions`; applies them in place-free style."""
+    """Holds cos/sin tables for every position up to `max_positions`."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict[str, Any] | None):
         super().__init__()
