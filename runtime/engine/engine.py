@@ -19,7 +19,7 @@ import torch
 from fleetserve.runtime.engine.config import EngineConfig, ModelConfig
 from fleetserve.runtime.engine.detokenizer import IncrementalDetokenizer
 from fleetserve.runtime.engine.grammar_compiler import GrammarCompilerCache, grammar_spec
-from fleetserve.runtime.engine.grammar_matcher import SequenceGrammar, allowed_token_mask
+from fleetserve.runtime.engine.grammar_matcher import GrammarMaskBuilder, SequenceGrammar
 from fleetserve.runtime.engine.logprobs import prompt_logprobs
 from fleetserve.runtime.engine.model_runner import ModelRunner, StepLogits
 from fleetserve.runtime.engine.outputs import collect_outputs, finish
@@ -47,6 +47,7 @@ class LLMEngine:
         self._aborted: list[Request] = []
         self.grammars = GrammarCompilerCache(tokenizer, model_config.vocab_size, model_config.eos_token_ids)
         self._compiling: dict[str, Future] = {}  # request id -> its grammar, compiling off the loop
+        self.grammar_masks = GrammarMaskBuilder(model_config.vocab_size)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -181,7 +182,7 @@ class LLMEngine:
             return {}
         logits = step.logits[torch.tensor(row_index, device=step.logits.device)]
         seqs = [item.seq for item in batch if item.samples]
-        allowed = allowed_token_mask([seq.grammar for seq in seqs], self.model_config.vocab_size, logits.device)
+        allowed = self.grammar_masks.build([seq.grammar for seq in seqs], logits.device)
         result = sample(logits, rows, eos_token_ids=self.model_config.eos_token_ids, allowed_mask=allowed)
         return {seq: (tok, lp) for seq, tok, lp in zip(seqs, result.token_ids, result.logprobs, strict=True)}
 

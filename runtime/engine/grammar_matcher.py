@@ -23,6 +23,8 @@ from fleetserve.runtime.engine.grammar_compiler import CompiledConstraint, token
 
 logger = logging.getLogger(__name__)
 
+FILL_THREADS = 1  # xgrammar threads filling a batch's bitmask rows
+
 
 
 class SequenceGrammar:
@@ -54,16 +56,29 @@ class SequenceGrammar:
         return not bool((row[0] & self._not_stop).any())
 
 
-def allowed_token_mask(grammars: Sequence[SequenceGrammar | None], vocab_size: int,
-                       device: torch.device) -> torch.Tensor | None:
-    """[rows, vocab] bool (True = allowed) for the sampler, or None when no row is constrained."""
-    if all(g is None for g in grammars):
-        return None
-    bitmask = xgr.allocate_token_bitmask(len(grammars), vocab_size)  # all allowed
-    for row, grammar in enumerate(grammars):
-        if grammar is not None:
-            grammar.fill(bitmask, row)
-    return unpack_bitmask(bitmask, vocab_size).to(device)
+class GrammarMaskBuilder:
+    """Builds a step's token mask: the constrained rows' bitmasks filled in one xgrammar call."""
+
+    def __init__(self, vocab_size: int, max_threads: int = FILL_THREADS):
+        self.vocab_size = vocab_size
+        self._batch = xgr.BatchGrammarMatcher(max_threads)
+
+    def build(self, grammars: Sequence[SequenceGrammar | None], device: torch.device) -> torch.Tensor | None:
+        """[rows, vocab] bool (True = allowed) for the sampler, or None when no row is constrained."""
+        rows = [i for i, g in enumerate(grammars) if g is not None]
+        if not rows:
+            return None
+        bitmask = xgr.allocate_token_bitmask(len(grammars), self.vocab_size)  # all allowed
+        matchers = [grammars[i].matcher for i in rows]  # type: ignore[union-attr]
+        self._batch.batch_fill_next_token_bitmask(matchers, bitmask, rows)
+        by_filter: dict[int, tuple[torch.Tensor, list[int]]] = {}
+        for i in rows:
+            token_filter = grammars[i].token_filter  # type: ignore[union-attr]
+            if token_filter is not None:
+                by_filter.setdefault(id(token_filter), (token_filter, []))[1].append(i)
+        for token_filter, filtered in by_filter.values():
+            bitmask[filtered] &= token_filter
+        return unpack_bitmask(bitmask, self.vocab_size).to(device)
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from fleetserve.runtime.engine.grammar_compiler import (
     GrammarSpec,
     grammar_spec,
 )
-from fleetserve.runtime.engine.grammar_matcher import SequenceGrammar, allowed_token_mask, unpack_bitmask
+from fleetserve.runtime.engine.grammar_matcher import GrammarMaskBuilder, SequenceGrammar, unpack_bitmask
 from fleetserve.runtime.engine.types import EngineError, SamplingParams
 from tests.structured_cases import EBNF_GRAMMAR, PHONE_REGEX, SCHEMAS
 
@@ -92,7 +92,7 @@ def test_json_strings_never_take_raw_control_characters(cache):
     form_feed = cache.tokenizer.convert_tokens_to_ids("Č")  # byte-level BPE's spelling of b"\x0c"
     assert cache.tokenizer.decode([form_feed]) == "\x0c"
     grammar = run_text(cache, spec, '"ab')
-    mask = allowed_token_mask([grammar], cache.vocab_size, torch.device("cpu"))[0]
+    mask = GrammarMaskBuilder(cache.vocab_size).build([grammar], torch.device("cpu"))[0]
     assert not mask[form_feed]
     assert mask[cache.tokenizer.encode("c", add_special_tokens=False)[0]]
     assert xgr.GrammarMatcher(cache.compile(spec).grammar).accept_string('"\x0c')  # the bug being filtered
@@ -116,15 +116,16 @@ def test_a_refused_token_finishes_the_grammar(cache):
     assert grammar.is_finished
 
 
-def test_allowed_token_mask_matches_the_bitmask(cache):
+def test_mask_builder_allows_what_the_grammar_allows(cache):
     phone = SequenceGrammar(cache.compile(GrammarSpec("regex", PHONE_REGEX)), cache.vocab_size)
-    mask = allowed_token_mask([None, phone], cache.vocab_size, torch.device("cpu"))
+    builder = GrammarMaskBuilder(cache.vocab_size)
+    mask = builder.build([None, phone], torch.device("cpu"))
     assert mask is not None and mask.shape == (2, cache.vocab_size) and mask.dtype == torch.bool
     assert mask[0].all()
     allowed = {cache.tokenizer.decode([t]) for t in mask[1].nonzero().flatten().tolist()}
     assert allowed and all(text and text[0].isdigit() for text in allowed)
     assert "1" in allowed and "-" not in allowed
-    assert allowed_token_mask([None, None], cache.vocab_size, torch.device("cpu")) is None
+    assert builder.build([None, None], torch.device("cpu")) is None
 
 
 def test_unpack_bitmask_against_shifts():
