@@ -23,8 +23,7 @@ from fleetserve.runtime.engine.grammar_compiler import CompiledConstraint, token
 
 logger = logging.getLogger(__name__)
 
-FILL_THREADS = 1  # xgrammar threads filling a batch's bitmask rows
-
+FILL_THREADS = 1  # xgrammar threads filling a batch's bitmask rows (2 measured slower on 2 cores)
 
 
 class SequenceGrammar:
