@@ -134,7 +134,7 @@ def test_json_mode_parses_whenever_it_stops(client: OpenAI, stream: bool) -> Non
     max_tokens. Whitespace is bounded (none but the fixed separators); every choice that stops is an
     object, and with a generous max_tokens some do."""
     fmt = {"type": "json_object"}
-    choices = chat(client, stream, response_format=fmt, temperature=1.0, seed=1, n=4, max_tokens=JSON_MODE_MAX_TOKENS)
+    choices = chat(client, stream, response_format=fmt, temperature=1.0, seed=1, n=6, max_tokens=JSON_MODE_MAX_TOKENS)
     choices += complete(client, stream, extra_body={"response_format": fmt}, temperature=0, max_tokens=JSON_MODE_MAX_TOKENS)
     stopped = [text for text, finish, _ in choices if finish == "stop"]
     assert stopped, [(text[:80], finish) for text, finish, _ in choices]
