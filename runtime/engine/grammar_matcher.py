@@ -19,7 +19,11 @@ import numpy as np
 import torch
 import xgrammar as xgr
 
-from fleetserve.runtime.engine.grammar_compiler import CompiledConstraint, token_bitmask_without
+from fleetserve.runtime.engine.grammar_compiler import (
+    BITS_PER_WORD,
+    CompiledConstraint,
+    token_bitmask_without,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +81,9 @@ class GrammarMaskBuilder:
                 by_filter.setdefault(id(token_filter), (token_filter, []))[1].append(i)
         for token_filter, filtered in by_filter.values():
             bitmask[filtered] &= token_filter
-        return unpack_bitmask(bitmask, self.vocab_size).to(device)
+        if device.type != "cpu":  # ship the packed words (32x smaller) and unpack on the device
+            return unpack_bitmask_torch(bitmask.to(device, non_blocking=True), self.vocab_size)
+        return unpack_bitmask(bitmask, self.vocab_size)
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -85,3 +91,10 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     as_bytes = bitmask.contiguous().numpy().view(np.uint8)  # little-endian words: bit order = token order
     bits = np.unpackbits(as_bytes, axis=1, count=vocab_size, bitorder="little")
     return torch.from_numpy(bits).view(torch.bool)
+
+
+def unpack_bitmask_torch(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The same with torch ops, on the bitmask's device."""
+    shifts = torch.arange(BITS_PER_WORD, dtype=torch.int32, device=bitmask.device)
+    bits = (bitmask.unsqueeze(-1) >> shifts) & 1
+    return bits.view(bitmask.shape[0], -1)[:, :vocab_size].bool()

@@ -15,7 +15,12 @@ from fleetserve.runtime.engine.grammar_compiler import (
     GrammarSpec,
     grammar_spec,
 )
-from fleetserve.runtime.engine.grammar_matcher import GrammarMaskBuilder, SequenceGrammar, unpack_bitmask
+from fleetserve.runtime.engine.grammar_matcher import (
+    GrammarMaskBuilder,
+    SequenceGrammar,
+    unpack_bitmask,
+    unpack_bitmask_torch,
+)
 from fleetserve.runtime.engine.types import EngineError, SamplingParams
 from tests.structured_cases import EBNF_GRAMMAR, PHONE_REGEX, SCHEMAS
 
@@ -132,3 +137,4 @@ def test_unpack_bitmask_against_shifts():
     bitmask = torch.randint(-(2**31), 2**31 - 1, (3, 7), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
     reference = ((bitmask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1).view(3, -1)[:, :200].bool()
     assert torch.equal(unpack_bitmask(bitmask, 200), reference)
+    assert torch.equal(unpack_bitmask_torch(bitmask, 200), reference)  # the path for GPU devices
