@@ -6,7 +6,8 @@ import logging
 
 import torch
 
-from fleetserve.runtime.engine.attention import AttentionBackend, TorchAttentionBackend
+from fleetserve.runtime.engine.attention import AttentionBackend
+from fleetserve.runtime.engine.attention_torch import TorchAttentionBackend
 from fleetserve.runtime.engine.config import EngineConfig, ModelConfig
 from fleetserve.runtime.engine.engine import LLMEngine
 from fleetserve.runtime.engine.kv_cache import allocate_kv_cache, plan_num_pages

@@ -108,3 +108,18 @@ def test_sampled_logprobs_close_to_transformers(pair):
         assert entry.token_id == full[pos + 1]
         assert entry.logprob == pytest.approx(ref[pos, entry.token_id].item(), abs=LOGPROB_ATOL)
         assert [tid for tid, _ in entry.top] == ref[pos].topk(2).indices.tolist()
+
+
+def test_shared_prefix_batch_equals_transformers(pair):
+    """Prompts behind one long prefix: prefix-cache hits share pages, so attention runs as a cascade."""
+    hf, engine = pair
+    prefix = engine.tokenizer.encode(" ".join([BASE] * 4))[:100]
+    prompts = [prefix + engine.tokenizer.encode(f" question {i}: what happens {'next ' * i}?") for i in range(6)]
+    engine.add_request("warm", prefix, SamplingParams(temperature=0.0, max_tokens=1))
+    run_to_completion(engine)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"s{i}", prompt, SamplingParams(temperature=0.0, max_tokens=12))
+    results = run_to_completion(engine)
+    assert all(results[f"s{i}"].num_cached_tokens >= 96 for i in range(6))
+    for i, prompt in enumerate(prompts):
+        assert results[f"s{i}"].sequences[0].token_ids == hf_greedy(hf, prompt, 12), f"prompt {i}"
