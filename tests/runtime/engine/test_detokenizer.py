@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -325,7 +327,8 @@ def test_unicode_text_never_streams_replacement_chars(tokenizer, text, chunk_siz
     deltas = _stream(detok, ids, chunk_sizes)
     if REPLACEMENT not in text:
         assert all(REPLACEMENT not in d.text for d in deltas)
-    assert "".join(d.text for d in deltas) + detok.flush() == text
+    # the demo tokenizer normalizes to NFC, so compare with the normalized text
+    assert "".join(d.text for d in deltas) + detok.flush() == unicodedata.normalize("NFC", text)
 
 
 @st.composite
