@@ -63,6 +63,8 @@ class TorchAttentionBackend:
         ps = self.page_size
         limit = min((layout.kv_lens[i] - layout.query_lens[i]) // ps for i in seqs)
         tables = [layout.page_tables[i] for i in seqs]
+        if limit == 0 or any(t[0] != tables[0][0] for t in tables):
+            return 0  # the common case without sharing, decided in one pass
         count = 0
         for column in zip(*(t[:limit] for t in tables), strict=False):
             if any(page != column[0] for page in column):

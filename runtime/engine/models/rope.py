@@ -51,7 +51,9 @@ class RotaryEmbedding(torch.nn.Module):
 
     def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeTables:
         """cos/sin of this step's positions ([T, 1, D]), looked up once and shared by every layer."""
-        return RopeTables(self.cos[positions].to(dtype).unsqueeze(1), self.sin[positions].to(dtype).unsqueeze(1))
+        if self.cos.dtype != dtype:  # computed in float32 (as transformers does), cast once to the model's dtype
+            self.cos, self.sin = self.cos.to(dtype), self.sin.to(dtype)
+        return RopeTables(self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1))
 
 
 class RopeTables(NamedTuple):
