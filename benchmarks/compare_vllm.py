@@ -88,6 +88,7 @@ def server_for(name: str, checkpoint: Path, settings: Settings) -> Server:
         return Server(name, command, {"VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib)})
     command = [
         sys.executable,
+        "-P",
         "-m",
         "fleetserve.runtime.cli",
         "serve",
@@ -168,7 +169,7 @@ def tail(path: Path) -> str:
 
 
 def run_fleetserve_bench(args: list[str], checkpoint: Path, output: Path, settings: Settings) -> dict:
-    command = [sys.executable, "-m", "fleetserve.runtime.cli", "bench", "--port", str(settings.port)]
+    command = [sys.executable, "-P", "-m", "fleetserve.runtime.cli", "bench", "--port", str(settings.port)]
     command += [
         "--model",
         SERVED_NAME,
@@ -317,7 +318,7 @@ def write_checkpoint(size: str, settings: Settings) -> Path:
     """The demo checkpoint of `size` (llama arch, seed 0), written once."""
     path = settings.work_dir / f"demo-{size}"
     if not (path / "config.json").exists():
-        command = [sys.executable, "-m", "fleetserve.runtime.cli", "demo-model", str(path), "--size", size]
+        command = [sys.executable, "-P", "-m", "fleetserve.runtime.cli", "demo-model", str(path), "--size", size]
         subprocess.run(command, cwd=settings.work_dir, check=True)
     return path
 

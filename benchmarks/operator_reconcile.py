@@ -138,7 +138,7 @@ async def run(batches: list[int]) -> None:
             env = {**os.environ, "KUBECONFIG": kubeconfig(str(api.url).rstrip("/"), tmp)}
             log = open(Path(tmp) / "operator.log", "wb")  # noqa: SIM115  closed with the directory
             operator = subprocess.Popen(
-                [sys.executable, "-m", "fleetserve.runtime.cli", "operator", "--standalone", "--liveness", ""],
+                [sys.executable, "-P", "-m", "fleetserve.runtime.cli", "operator", "--standalone", "--liveness", ""],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 await measure(api, operator, batches)

@@ -136,7 +136,7 @@ def free_port() -> int:
 
 def start_server(flags: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fleetserve.runtime.cli", "serve", "--port", str(port), *flags])
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "fleetserve.runtime.cli", "serve", "--port", str(port), *flags])
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
         if proc.poll() is not None:

@@ -1,6 +1,6 @@
 """Generate docs/crd-reference.md from the same schema the CRD carries.
 
-    python -m fleetserve.operator.crd_docs > docs/crd-reference.md
+    python -P -m fleetserve.operator.crd_docs > docs/crd-reference.md
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ INTRO = f"""# InferenceService reference
 
 `{names.API_VERSION}`, kind `{names.KIND}`, namespaced; `kubectl get {names.PLURAL}` or
 `kubectl get {names.SHORT_NAMES[0]}`. Generated from `operator/spec.py` by
-`python -m fleetserve.operator.crd_docs`; `kubectl explain {names.SHORT_NAMES[0]}.spec` prints the
+`python -P -m fleetserve.operator.crd_docs`; `kubectl explain {names.SHORT_NAMES[0]}.spec` prints the
 same descriptions.
 
 The CRD's schema refuses what it can express (types, enums, minimums, patterns, `replicas.min <=

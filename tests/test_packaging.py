@@ -17,3 +17,9 @@ def test_every_package_folder_is_listed_in_pyproject():
             rel = init.parent.relative_to(ROOT / folder)
             found.add(".".join([dist_name, *rel.parts]) if rel.parts else dist_name)
     assert found == listed, f"missing: {sorted(found - listed)}, stale: {sorted(listed - found)}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if '-e ".[dev]"' in line and "pytest" in line)
+    assert command.strip() in (ROOT / ".ci" / "run").read_text()

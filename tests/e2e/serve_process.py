@@ -54,7 +54,7 @@ class ServeProcess:
 def start_server(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> ServeProcess:
     """Start `fleetserve serve ARGS --port <free>` and wait until /health answers 200."""
     port = free_port()
-    command = [sys.executable, "-m", "fleetserve.runtime.cli", "serve", "--port", str(port), *args]
+    command = [sys.executable, "-P", "-m", "fleetserve.runtime.cli", "serve", "--port", str(port), *args]
     log = log_path.open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})

@@ -37,12 +37,12 @@ def walk(node: dict, path: str = ""):
 @pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_committed_crd_is_what_the_model_generates(path):
     assert path.read_text() == crd.render(), (
-        f"{path} is stale: run `python -m fleetserve.operator.crd > crds/inferenceservice.yaml` "
+        f"{path} is stale: run `python -P -m fleetserve.operator.crd > crds/inferenceservice.yaml` "
         "and copy it to charts/fleetserve/crds/")
 
 
 def test_module_prints_the_crd():
-    out = subprocess.run([sys.executable, "-m", "fleetserve.operator.crd"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-P", "-m", "fleetserve.operator.crd"], capture_output=True, text=True,
                          check=True, cwd=ROOT)
     assert yaml.safe_load(out.stdout)["metadata"]["name"] == names.CRD_NAME
 
@@ -144,7 +144,7 @@ def test_crd_reference_is_generated_from_the_model():
     from fleetserve.operator import crd_docs
 
     assert REFERENCE.read_text() == crd_docs.render(), (
-        "docs/crd-reference.md is stale: run `python -m fleetserve.operator.crd_docs > docs/crd-reference.md`")
+        "docs/crd-reference.md is stale: run `python -P -m fleetserve.operator.crd_docs > docs/crd-reference.md`")
 
 
 def test_crd_reference_lists_every_field():

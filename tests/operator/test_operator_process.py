@@ -27,7 +27,7 @@ async def test_the_operator_command_reconciles_and_stops_on_sigterm(api, tmp_pat
     env = {**os.environ, "KUBECONFIG": kubeconfig(str(api.url).rstrip("/"), tmp_path / "kubeconfig"),
            "FLEETSERVE_RUNTIME_IMAGE": "registry.test/fleetserve:env"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "fleetserve.runtime.cli", "operator", "--standalone", "--liveness", ""],
+        [sys.executable, "-P", "-m", "fleetserve.runtime.cli", "operator", "--standalone", "--liveness", ""],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:

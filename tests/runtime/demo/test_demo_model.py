@@ -160,7 +160,7 @@ def test_bpe_training_is_deterministic_whatever_the_thread_count():
     )
     env = {**os.environ, "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     digest = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-P", "-c", script], env=env, capture_output=True, text=True, check=True
     )
     assert digest.stdout == hashlib.sha256(trained.encode()).hexdigest()
 

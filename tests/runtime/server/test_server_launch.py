@@ -71,7 +71,7 @@ def test_a_model_that_cannot_load_exits_1_with_a_message_not_a_traceback(tmp_pat
 
     bad = tmp_path / "not-a-model"
     bad.mkdir()
-    result = subprocess.run([sys.executable, "-m", "fleetserve.runtime.cli", "serve", "--model-path", str(bad)],
+    result = subprocess.run([sys.executable, "-P", "-m", "fleetserve.runtime.cli", "serve", "--model-path", str(bad)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "fleetserve serve: error:" in result.stderr and "Traceback" not in result.stderr
