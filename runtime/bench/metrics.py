@@ -32,7 +32,7 @@ class Stats(NamedTuple):
     p50: float
     p90: float
     p99: float
-    count: int
+    num_samples: int
 
 
 class Summary(NamedTuple):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Tokeni
     """A local tokenizer directory or a hub id, through transformers' AutoTokenizer (no model weights)."""
     from transformers import AutoTokenizer  # imported here: slow, and only the CLI needs it
 
-    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return cast(TokenizerLike, AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
 
 
 def count_tokens(tokenizer: TokenizerLike, text: str) -> int:

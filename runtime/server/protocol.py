@@ -209,8 +209,8 @@ class CompletionRequest(SamplingRequest):
         if not prompt:
             return []
         if isinstance(prompt[0], int):
-            return [list(prompt)]  # type: ignore[arg-type]
-        return list(prompt)  # type: ignore[arg-type]
+            return [list(prompt)]
+        return list(prompt)
 
     def to_sampling_params(self, default_max_tokens: int = 16) -> SamplingParams:
         params = self.sampling_params(self.max_tokens or default_max_tokens, self.logprobs)

@@ -38,7 +38,7 @@ def test_describe_mean_std_percentiles():
     assert stats.mean == 5.0
     assert stats.std == 2.0  # the textbook population standard deviation example
     assert stats.p50 == 4.5
-    assert stats.count == 8
+    assert stats.num_samples == 8
     assert describe([]) is None
 
 
@@ -66,7 +66,7 @@ def test_summarize_hand_computed():
     assert summary.ttft_ms.mean == pytest.approx(200.0)
     assert summary.ttft_ms.p50 == pytest.approx(200.0)
     assert summary.tpot_ms.mean == pytest.approx((225.0 + 170.0) / 2)
-    assert summary.itl_ms.count == 14  # every gap of every successful request
+    assert summary.itl_ms.num_samples == 14  # every gap of every successful request
     assert summary.itl_ms.mean == pytest.approx((0.9 + 1.7) / 14 * 1000)
     assert summary.e2el_ms.p99 == pytest.approx(1000 + 1000 * 0.99)
     assert summary.output_token_source == "mixed"
