@@ -7,12 +7,13 @@ so `fleetserve operator` and `fleetserve router` never import torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 # subcommand -> (module with a `main(argv: list[str]) -> int | None`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("fleetserve.runtime.server.launch", "run the OpenAI-compatible runtime server"),
-    "router": ("fleetserve.runtime.router.launch", "run the prefix-cache-aware router"),
+    "router": ("fleetserve.runtime.router.launch", "run the prefix-cache-aware router (not implemented yet)"),
     "operator": ("fleetserve.operator.main", "run the kopf operator"),
     "bench": ("fleetserve.runtime.bench.main", "benchmark an OpenAI-compatible server"),
     "demo-model": ("fleetserve.runtime.demo.cli", "write the built-in demo model as a HF checkpoint"),
@@ -35,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"fleetserve: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name = COMMANDS[name][0]
+    if importlib.util.find_spec(module_name) is None:
+        print(f"fleetserve {name}: not implemented yet in this version", file=sys.stderr)
+        return 2
+    module = importlib.import_module(module_name)
     return int(module.main(rest) or 0)
 
 

@@ -23,3 +23,13 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     command = next(line for line in readme.splitlines() if '-e ".[dev]"' in line and "pytest" in line)
     assert command.strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_cli_lists_commands_and_refuses_unknown_ones(capsys):
+    from fleetserve.runtime.cli import COMMANDS, main
+
+    assert main([]) == 0
+    usage = capsys.readouterr().out
+    assert all(name in usage for name in COMMANDS)
+    assert main(["no-such-command"]) == 2 and "unknown command" in capsys.readouterr().err
+    assert main(["router"]) == 2 and "not implemented yet" in capsys.readouterr().err
