@@ -8,17 +8,7 @@ import time
 import pytest
 
 from fleetserve.runtime.engine.async_engine import AsyncEngine
-from fleetserve.runtime.engine.config import EngineConfig
 from fleetserve.runtime.engine.types import EngineError, SamplingParams
-
-
-@pytest.fixture
-async def engine(demo_model):
-    eng = AsyncEngine.from_config(EngineConfig(model_path=str(demo_model("llama")), device="cpu", page_size=4,
-                                               num_pages=128))
-    await eng.start()
-    yield eng
-    await eng.shutdown()
 
 
 async def collect(engine: AsyncEngine, rid: str, prompt: list[int], params: SamplingParams) -> list[int]:
@@ -29,30 +19,30 @@ async def collect(engine: AsyncEngine, rid: str, prompt: list[int], params: Samp
     return tokens
 
 
-async def test_concurrent_streams_match_sequential_runs(engine):
-    prompts = [engine.tokenizer.encode(f"request {i} asks about the weather in town {i}") for i in range(6)]
+async def test_concurrent_streams_match_sequential_runs(async_engine):
+    prompts = [async_engine.tokenizer.encode(f"request {i} asks about the weather in town {i}") for i in range(6)]
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-    alone = [await collect(engine, f"a{i}", p, params) for i, p in enumerate(prompts)]
-    together = await asyncio.gather(*(collect(engine, f"b{i}", p, params) for i, p in enumerate(prompts)))
+    alone = [await collect(async_engine, f"a{i}", p, params) for i, p in enumerate(prompts)]
+    together = await asyncio.gather(*(collect(async_engine, f"b{i}", p, params) for i, p in enumerate(prompts)))
     assert list(together) == alone and all(len(t) == 12 for t in alone)
 
 
-async def test_closing_the_stream_aborts_and_frees_pages(engine):
-    prompt = engine.tokenizer.encode("a long story begins")
-    stream = engine.generate("x", prompt, SamplingParams(max_tokens=500, ignore_eos=True))
+async def test_closing_the_stream_aborts_and_frees_pages(async_engine):
+    prompt = async_engine.tokenizer.encode("a long story begins")
+    stream = async_engine.generate("x", prompt, SamplingParams(max_tokens=500, ignore_eos=True))
     await stream.__anext__()
-    assert engine.stats().num_used_pages > 0
+    assert async_engine.stats().num_used_pages > 0
     await stream.aclose()
     for _ in range(100):
-        if engine.stats().num_used_pages == 0 and engine.stats().num_running == 0:
+        if async_engine.stats().num_used_pages == 0 and async_engine.stats().num_running == 0:
             break
         await asyncio.sleep(0.02)
-    assert engine.stats().num_used_pages == 0 and engine.stats().num_running == 0
+    assert async_engine.stats().num_used_pages == 0 and async_engine.stats().num_running == 0
 
 
-async def test_event_loop_is_not_blocked_while_generating(engine):
-    prompt = engine.tokenizer.encode("tick tock " * 20)
-    task = asyncio.create_task(collect(engine, "busy", prompt, SamplingParams(max_tokens=200, ignore_eos=True)))
+async def test_event_loop_is_not_blocked_while_generating(async_engine):
+    prompt = async_engine.tokenizer.encode("tick tock " * 20)
+    task = asyncio.create_task(collect(async_engine, "busy", prompt, SamplingParams(max_tokens=200, ignore_eos=True)))
     worst = 0.0
     while not task.done():
         t0 = time.perf_counter()
@@ -62,19 +52,19 @@ async def test_event_loop_is_not_blocked_while_generating(engine):
     assert worst < 0.5, f"the event loop stalled for {worst:.3f}s"
 
 
-async def test_bad_request_raises_engine_error(engine):
+async def test_bad_request_raises_engine_error(async_engine):
     with pytest.raises(EngineError, match="context length"):
-        await collect(engine, "big", [1] * 10, SamplingParams(max_tokens=10**6))
+        await collect(async_engine, "big", [1] * 10, SamplingParams(max_tokens=10**6))
 
 
-async def test_flush_cache_refuses_while_busy(engine):
-    prompt = engine.tokenizer.encode("cache me")
-    stream = engine.generate("busy", prompt, SamplingParams(max_tokens=300, ignore_eos=True))
+async def test_flush_cache_refuses_while_busy(async_engine):
+    prompt = async_engine.tokenizer.encode("cache me")
+    stream = async_engine.generate("busy", prompt, SamplingParams(max_tokens=300, ignore_eos=True))
     await stream.__anext__()
-    assert await engine.flush_cache() is False
+    assert await async_engine.flush_cache() is False
     await stream.aclose()
     for _ in range(100):
-        if await engine.flush_cache():
+        if await async_engine.flush_cache():
             break
         await asyncio.sleep(0.02)
     else:

@@ -16,15 +16,6 @@ from fleetserve.runtime.engine.types import EngineError, SamplingParams
 from tests.structured_cases import PHONE_REGEX, SCHEMAS, check_json, check_regex
 
 
-@pytest.fixture
-async def engine(demo_model):
-    eng = AsyncEngine.from_config(EngineConfig(model_path=str(demo_model("llama")), device="cpu", page_size=4,
-                                               num_pages=256))
-    await eng.start()
-    yield eng
-    await eng.shutdown()
-
-
 async def run_text(engine: AsyncEngine, rid: str, params: SamplingParams) -> tuple[str, str | None]:
     text, finish = "", None
     async for out in engine.generate(rid, engine.tokenizer.encode("Some structured data:"), params):
@@ -34,19 +25,19 @@ async def run_text(engine: AsyncEngine, rid: str, params: SamplingParams) -> tup
     return text, finish
 
 
-async def test_check_grammar_raises_the_reason_and_accepts_valid_constraints(engine):
-    await engine.check_grammar(SamplingParams())  # no constraint: nothing to do
-    await engine.check_grammar(SamplingParams(regex=PHONE_REGEX))
+async def test_check_grammar_raises_the_reason_and_accepts_valid_constraints(async_engine):
+    await async_engine.check_grammar(SamplingParams())  # no constraint: nothing to do
+    await async_engine.check_grammar(SamplingParams(regex=PHONE_REGEX))
     with pytest.raises(EngineError, match="invalid regex: Regex parsing error"):
-        await engine.check_grammar(SamplingParams(regex="[a-"))
+        await async_engine.check_grammar(SamplingParams(regex="[a-"))
 
 
-async def test_constrained_and_free_streams_together(engine):
+async def test_constrained_and_free_streams_together(async_engine):
     schema = SCHEMAS["items_of_objects"]
     results = await asyncio.gather(
-        run_text(engine, "json", SamplingParams(temperature=1.0, seed=2, max_tokens=128, json_schema=json.dumps(schema))),
-        run_text(engine, "phone", SamplingParams(temperature=0, max_tokens=128, regex=PHONE_REGEX)),
-        run_text(engine, "free", SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)),
+        run_text(async_engine, "json", SamplingParams(temperature=1.0, seed=2, max_tokens=128, json_schema=json.dumps(schema))),
+        run_text(async_engine, "phone", SamplingParams(temperature=0, max_tokens=128, regex=PHONE_REGEX)),
+        run_text(async_engine, "free", SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)),
     )
     (json_text, json_finish), (phone, phone_finish), (_, free_finish) = results
     assert (json_finish, phone_finish, free_finish) == ("stop", "stop", "length")
@@ -54,10 +45,10 @@ async def test_constrained_and_free_streams_together(engine):
     check_regex(phone, PHONE_REGEX)
 
 
-async def test_a_constrained_request_added_before_its_grammar_compiled_runs_once_ready(engine):
+async def test_a_constrained_request_added_before_its_grammar_compiled_runs_once_ready(async_engine):
     """generate() without check_grammar first: the engine waits for the compile off the step loop."""
     schema = dict(SCHEMAS["enums"], description=f"unique {time.monotonic_ns()}")  # not in the cache yet
-    text, finish = await run_text(engine, "cold", SamplingParams(temperature=0, max_tokens=64,
+    text, finish = await run_text(async_engine, "cold", SamplingParams(temperature=0, max_tokens=64,
                                                                  json_schema=json.dumps(schema)))
     assert finish == "stop"
     check_json(text, SCHEMAS["enums"])
