@@ -175,8 +175,8 @@ class LLMEngine:
         for item, where in zip(batch, step.rows, strict=True):
             if item.samples:
                 seq = item.seq
-                rows.append(SamplingRow(seq.request.params, seq.request.prompt_token_ids,
-                                        seq.output_token_ids, seed_offset=seq.index))
+                rows.append(SamplingRow(seq.request.params, seq.token_ids, seq.request.num_prompt_tokens,
+                                        seed_offset=seq.index))
                 row_index.append(where.first + where.num_rows - 1)
         if not rows:
             return {}

@@ -59,7 +59,7 @@ def apply_min_tokens(
     entries = [
         (i, token_id, 0.0)
         for i, row in enumerate(rows)
-        if len(row.output_token_ids) < row.params.min_tokens
+        if row.num_output_tokens < row.params.min_tokens
         for token_id in _stop_token_ids(row, eos_token_ids)
     ]
     if not entries:
@@ -106,7 +106,7 @@ def token_counts(token_lists: Sequence[Sequence[int]], vocab_size: int, device: 
 
 
 def _apply_repetition_penalty(logits: torch.Tensor, rows: Sequence[SamplingRow], selected: list[int]) -> None:
-    histories = [rows[i].prompt_token_ids + rows[i].output_token_ids for i in selected]
+    histories = [rows[i].token_ids for i in selected]
     is_seen = token_counts(histories, logits.shape[-1], logits.device) > 0
     penalty = _column([rows[i].params.repetition_penalty for i in selected], logits)
     index = select_rows(selected, logits.shape[0], logits.device)

@@ -14,7 +14,7 @@ also for a token that a logit_bias or a grammar forced.
 Seeding. A sampled row draws exactly one uniform number u per step and picks its token by inverse
 CDF over the processed distribution (cumulative sums in float64, so tokens with tiny probabilities
 keep their share). For a row with ``params.seed`` set, u is a counter-based hash (BLAKE2b) of
-(seed, seed_offset, len(output_token_ids)) and nothing else: the token does not depend on the
+(seed, seed_offset, number of output tokens) and nothing else: the token does not depend on the
 other rows of the batch, on the row's position, on the device, or on whether the sequence was
 preempted and recomputed (given the same logits). ``seed_offset`` (the sequence's index among the
 request's n) gives each child its own stream. Unseeded rows take u from a process-wide generator.
@@ -50,9 +50,18 @@ class SamplingRow:
     """One row of the logits batch: one sequence that samples this step."""
 
     params: SamplingParams
-    prompt_token_ids: list[int]
-    output_token_ids: list[int]  # generated so far, before this step
+    token_ids: list[int]  # the sequence's prompt + generated tokens before this step (not copied)
+    num_prompt_tokens: int
     seed_offset: int = 0  # the sequence's index within its request (n > 1)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        """A copy: only the penalties that count output tokens take it."""
+        return self.token_ids[self.num_prompt_tokens :]
 
 
 class SamplerOutput(NamedTuple):
@@ -92,7 +101,7 @@ def _is_plain_greedy(row: SamplingRow) -> bool:
         and params.frequency_penalty == 0.0
         and params.presence_penalty == 0.0
         and not params.logit_bias
-        and len(row.output_token_ids) >= params.min_tokens
+        and row.num_output_tokens >= params.min_tokens
     )
 
 
@@ -137,7 +146,7 @@ def draw_inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tens
 def _uniform(row: SamplingRow) -> float:
     if row.params.seed is None:
         return _unseeded_rng.random()
-    return seeded_uniform(row.params.seed, row.seed_offset, len(row.output_token_ids))
+    return seeded_uniform(row.params.seed, row.seed_offset, row.num_output_tokens)
 
 
 def seeded_uniform(seed: int, seed_offset: int, step: int) -> float:

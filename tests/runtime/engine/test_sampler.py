@@ -35,7 +35,8 @@ def _logits(num_rows: int, seed: int = 0, vocab: int = VOCAB, scale: float = 3.0
 def _row(
     output: list[int] | None = None, prompt: list[int] | None = None, offset: int = 0, **params
 ) -> SamplingRow:
-    return SamplingRow(SamplingParams(**params), prompt or [], output or [], seed_offset=offset)
+    prompt = prompt or []
+    return SamplingRow(SamplingParams(**params), prompt + (output or []), len(prompt), seed_offset=offset)
 
 
 def _support(row_logits: torch.Tensor) -> set[int]:
