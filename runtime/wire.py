@@ -23,8 +23,6 @@ METRIC_KV_CACHE_USAGE = "fleetserve:kv_cache_usage_perc"
 # HTTP paths of the runtime that the control plane calls.
 PATH_HEALTH = "/health"
 PATH_METRICS = "/metrics"
-PATH_LOAD_LORA = "/load_lora_adapter"
-PATH_UNLOAD_LORA = "/unload_lora_adapter"
 
 # Environment variables the runtime reads and the operator sets on runtime pods.
 ENV_API_KEY = "FLEETSERVE_API_KEY"  # `fleetserve serve --api-key` default; from a Secret in Kubernetes
