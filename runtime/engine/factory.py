@@ -9,6 +9,7 @@ import torch
 from fleetserve.runtime.engine.attention import AttentionBackend
 from fleetserve.runtime.engine.attention_torch import TorchAttentionBackend
 from fleetserve.runtime.engine.config import EngineConfig, ModelConfig
+from fleetserve.runtime.engine.cpu_malloc import tune_malloc
 from fleetserve.runtime.engine.engine import LLMEngine
 from fleetserve.runtime.engine.kv_cache import allocate_kv_cache, plan_num_pages
 from fleetserve.runtime.engine.loader import load_model, resolve_model_dir
@@ -53,6 +54,7 @@ def build_engine(config: EngineConfig) -> LLMEngine:
     model_config = ModelConfig.from_pretrained(model_dir, config.dtype, device.type, config.context_length)
     if device.type == "cpu":
         torch.set_grad_enabled(False)
+        tune_malloc()
     model = load_model(model_config, device)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.eos_token_id is not None and not model_config.eos_token_ids:
