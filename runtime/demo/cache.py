@@ -9,12 +9,7 @@ from pathlib import Path
 
 from fleetserve.runtime.demo.checkpoint import DEMO_MODEL_VERSION, write_demo_model
 from fleetserve.runtime.demo.spec import dims_for
-
-
-def cache_root() -> Path:
-    """$FLEETSERVE_CACHE if set, else ~/.cache/fleetserve."""
-    configured = os.environ.get("FLEETSERVE_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "fleetserve"
+from fleetserve.runtime.paths import cache_root
 
 
 def default_demo_model_dir(arch: str = "llama", size: str = "tiny") -> Path:

@@ -9,6 +9,10 @@ choices of one request, prefix-cache hits), those pages are attended once for al
 group — one matmul against a single copy — and each sequence gathers only its own remaining pages.
 The two partial softmaxes are merged exactly through their log-sum-exp. Without it every sequence
 would copy the shared prefix for itself at every layer of every step.
+
+On CPU, when the native kernel compiled (cpu_kernels.py), decodes skip the gather altogether: the
+kernel reads each sequence's K/V rows in place from its pages. Prefill groups keep gather + SDPA,
+where the copy is small next to the attention's own compute.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fleetserve.runtime.engine.attention import BatchLayout
+from fleetserve.runtime.engine.cpu_kernels import PagedDecodeKernel
 
 # Cascade only pays when it saves at least this many gathered tokens per layer.
 CASCADE_MIN_SAVED_TOKENS = 256
@@ -37,14 +42,26 @@ class _Group:
     mask: torch.Tensor  # [B, 1, Qmax, num_own_pages * page_size] over the own pages, True = attend
 
 
+@dataclass(slots=True)
+class _KernelDecodes:
+    """Decoding sequences handed to the native kernel."""
+
+    q_index: torch.Tensor  # [B] index of each sequence's query token in the batch
+    page_table: torch.Tensor  # [B, max_pages] int32, padded with page 0
+    kv_lens: torch.Tensor  # [B] int32
+
+
 class TorchAttentionBackend:
-    def __init__(self, kv_cache: list[torch.Tensor], scale: float):
+    def __init__(self, kv_cache: list[torch.Tensor], scale: float, decode_kernel: PagedDecodeKernel | None = None):
         self.kv_cache = kv_cache
         self.scale = scale
         self.page_size = kv_cache[0].shape[2]
         self.device = kv_cache[0].device
+        usable = decode_kernel is not None and decode_kernel.supports(kv_cache[0].dtype, self.device)
+        self.decode_kernel = decode_kernel if usable else None
         self._slots = torch.empty(0, dtype=torch.long)
         self._groups: list[_Group] = []
+        self._kernel_decodes: _KernelDecodes | None = None
 
     def plan(self, layout: BatchLayout) -> None:
         self._slots = torch.tensor(layout.slot_indices(), dtype=torch.long, device=self.device)
@@ -54,7 +71,18 @@ class TorchAttentionBackend:
             offset += q_len
         decode = [i for i, q in enumerate(layout.query_lens) if q == 1]
         prefill = [i for i, q in enumerate(layout.query_lens) if q > 1]
+        self._kernel_decodes = None
+        if decode and self.decode_kernel is not None:
+            self._kernel_decodes = self._for_kernel(layout, decode, starts)
+            decode = []
         self._groups = [self._group(layout, idx, starts) for idx in (decode, prefill) if idx]
+
+    def _for_kernel(self, layout: BatchLayout, seqs: list[int], starts: list[int]) -> _KernelDecodes:
+        width = max(len(layout.page_tables[i]) for i in seqs)
+        table = [layout.page_tables[i] + [0] * (width - len(layout.page_tables[i])) for i in seqs]
+        return _KernelDecodes(torch.tensor([starts[i] for i in seqs], dtype=torch.long),
+                              torch.tensor(table, dtype=torch.int32),
+                              torch.tensor([layout.kv_lens[i] for i in seqs], dtype=torch.int32))
 
     def _common_pages(self, layout: BatchLayout, seqs: list[int]) -> int:
         """Leading pages shared by every sequence and lying wholly before all of their queries."""
@@ -99,6 +127,11 @@ class TorchAttentionBackend:
         k_cache.view(-1, heads, dim).index_copy_(0, self._slots, k)
         v_cache.view(-1, heads, dim).index_copy_(0, self._slots, v)
         out = torch.empty_like(q)
+        decodes = self._kernel_decodes
+        if decodes is not None and self.decode_kernel is not None:
+            o = self.decode_kernel(q.index_select(0, decodes.q_index), k_cache, v_cache, decodes.page_table,
+                                   decodes.kv_lens, self.scale)
+            out.index_copy_(0, decodes.q_index, o)
         for g in self._groups:
             b, q_max = g.q_index.shape
             qg = q[g.q_index]  # [B, Qmax, Hq, D]

@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from fleetserve.runtime.engine import cpu_kernels
 from fleetserve.runtime.engine.attention import AttentionBackend
 from fleetserve.runtime.engine.attention_torch import TorchAttentionBackend
 from fleetserve.runtime.engine.config import EngineConfig, ModelConfig
@@ -43,7 +44,7 @@ def build_backend(name: str, kv_cache: list[torch.Tensor], cfg: ModelConfig) -> 
             return FlashInferBackend(kv_cache, cfg, scale)
     if name not in ("auto", "torch", "flashinfer"):
         raise EngineError(f"unknown attention backend {name!r}; choose auto, torch or flashinfer")
-    return TorchAttentionBackend(kv_cache, scale)
+    return TorchAttentionBackend(kv_cache, scale, cpu_kernels.load() if device.type == "cpu" else None)
 
 
 def build_engine(config: EngineConfig) -> LLMEngine:

@@ -1,0 +1,125 @@
+/* Decode attention read in place from the paged KV cache (CPU).
+ *
+ * One query token per sequence attends every cached token of that sequence, reading K and V rows
+ * straight out of their pages: no gathered copy of the cache is made. One OpenMP task per sequence;
+ * each walks its page table once for K (scores), once for V (weighted sum), keeping the query heads
+ * (all of them, grouped-query attention) in float32. Scores, softmax and accumulation are float32.
+ *
+ * Layouts (runtime/engine/attention.py): q and out [num_seqs, num_q_heads, head_dim];
+ * k_cache/v_cache [num_pages, page_size, num_kv_heads, head_dim]; page_table [num_seqs, max_pages]
+ * int32; kv_lens [num_seqs] int32 (>= 1). Query head hq reads KV head hq / (num_q_heads / num_kv_heads).
+ * Returns 0, or 1 when scratch memory could not be allocated (the caller raises).
+ *
+ * Built by runtime/engine/cpu_kernels.py with -O3 -march=native and the float flags that let the
+ * compiler vectorise the reductions (never -ffast-math: it would set flush-to-zero process-wide).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline float load_f32(const float *p, int64_t i) { return p[i]; }
+
+static inline float load_bf16(const uint16_t *p, int64_t i) {
+    uint32_t u = (uint32_t)p[i] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline void store_f32(float *p, int64_t i, float x) { p[i] = x; }
+
+static inline void store_bf16(uint16_t *p, int64_t i, float x) {  /* round to nearest even */
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        p[i] = (uint16_t)((u >> 16) | 0x40u);  /* NaN stays NaN */
+        return;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    p[i] = (uint16_t)(u >> 16);
+}
+
+/* exp(x) for x <= 0: 2^n * 2^f with f in [-0.5, 0.5] and Cephes' exp2f polynomial (relative error
+ * about 2e-7); written so the compiler vectorises it, which expf() from libm is not. */
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float t = x * 1.44269504088896341f;
+    const float n = nearbyintf(t);
+    const float f = t - n;
+    float p = 1.535336188319500e-4f;
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    uint32_t bits;
+    memcpy(&bits, &p, 4);
+    bits += (uint32_t)(int32_t)n << 23;
+    memcpy(&p, &bits, 4);
+    return p;
+}
+
+#define DEFINE_PAGED_DECODE(NAME, T, LOAD, STORE)                                                  \
+    int NAME(const T *q, const T *k_cache, const T *v_cache, const int32_t *page_table,          \
+             const int32_t *kv_lens, int32_t num_seqs, int32_t max_pages, int32_t num_q_heads,      \
+             int32_t num_kv_heads, int32_t head_dim, int32_t page_size, float scale, T *out) {      \
+        const int32_t group = num_q_heads / num_kv_heads, D = head_dim;                           \
+        const int64_t row_len = (int64_t)num_kv_heads * D, q_len = (int64_t)num_q_heads * D;      \
+        int failed = 0;                                                                           \
+        _Pragma("omp parallel for schedule(dynamic, 1) reduction(| : failed)")                    \
+        for (int32_t b = 0; b < num_seqs; b++) {                                                  \
+            const int32_t len = kv_lens[b];                                                       \
+            const int32_t *pages = page_table + (int64_t)b * max_pages;                           \
+            float *scores = malloc(sizeof(float) * (size_t)num_q_heads * (size_t)len);            \
+            float *qf = malloc(sizeof(float) * 2 * (size_t)q_len);                                \
+            if (scores == NULL || qf == NULL) {                                                   \
+                free(scores);                                                                     \
+                free(qf);                                                                         \
+                failed = 1;                                                                       \
+                continue;                                                                         \
+            }                                                                                     \
+            float *acc = qf + q_len;                                                              \
+            for (int64_t i = 0; i < q_len; i++) {                                                 \
+                qf[i] = LOAD(q, b * q_len + i) * scale;                                           \
+                acc[i] = 0.0f;                                                                    \
+            }                                                                                     \
+            for (int32_t t = 0; t < len; t++) {                                                   \
+                const T *row = k_cache +                                                          \
+                    ((int64_t)pages[t / page_size] * page_size + t % page_size) * row_len;         \
+                for (int32_t hq = 0; hq < num_q_heads; hq++) {                                    \
+                    const T *kr = row + (int64_t)(hq / group) * D;                                \
+                    const float *qh = qf + (int64_t)hq * D;                                       \
+                    float s = 0.0f;                                                               \
+                    for (int32_t d = 0; d < D; d++) s += qh[d] * LOAD(kr, d);                     \
+                    scores[(int64_t)hq * len + t] = s;                                            \
+                }                                                                                 \
+            }                                                                                     \
+            for (int32_t hq = 0; hq < num_q_heads; hq++) {                                        \
+                float *sh = scores + (int64_t)hq * len, m = -INFINITY, sum = 0.0f;                \
+                for (int32_t t = 0; t < len; t++) m = sh[t] > m ? sh[t] : m;                      \
+                for (int32_t t = 0; t < len; t++) sh[t] = exp_nonpositive(sh[t] - m);             \
+                for (int32_t t = 0; t < len; t++) sum += sh[t];                                   \
+                const float inv = 1.0f / sum;                                                     \
+                for (int32_t t = 0; t < len; t++) sh[t] *= inv;                                   \
+            }                                                                                     \
+            for (int32_t t = 0; t < len; t++) {                                                   \
+                const T *row = v_cache +                                                          \
+                    ((int64_t)pages[t / page_size] * page_size + t % page_size) * row_len;         \
+                for (int32_t hq = 0; hq < num_q_heads; hq++) {                                    \
+                    const T *vr = row + (int64_t)(hq / group) * D;                                \
+                    const float p = scores[(int64_t)hq * len + t];                                \
+                    float *ah = acc + (int64_t)hq * D;                                            \
+                    for (int32_t d = 0; d < D; d++) ah[d] += p * LOAD(vr, d);                     \
+                }                                                                                 \
+            }                                                                                     \
+            for (int64_t i = 0; i < q_len; i++) STORE(out, b * q_len + i, acc[i]);                \
+            free(scores);                                                                         \
+            free(qf);                                                                             \
+        }                                                                                         \
+        return failed;                                                                            \
+    }
+
+DEFINE_PAGED_DECODE(paged_decode_f32, float, load_f32, store_f32)
+DEFINE_PAGED_DECODE(paged_decode_bf16, uint16_t, load_bf16, store_bf16)
