@@ -4,14 +4,15 @@ Decodes (one new token) and prefills are attended in separate groups so a long p
 pads a batch of decodes to its length. Whole pages are gathered with one contiguous copy each and
 the unused tail of the last page is masked.
 
-Cascade: when the sequences of a group start with the same pages (a shared system prompt, the n
-choices of one request, prefix-cache hits), those pages are attended once for all queries of the
-group — one matmul against a single copy — and each sequence gathers only its own remaining pages.
-The two partial softmaxes are merged exactly through their log-sum-exp. Without it every sequence
-would copy the shared prefix for itself at every layer of every step.
+Cascade: sequences that start with the same pages (a shared system prompt, the n choices of one
+request, prefix-cache hits) form their own group, and those pages are attended once for all its
+queries — one flash-attention call against a single copy — while each sequence gathers only its own
+remaining pages. The two partial softmaxes are merged exactly through their log-sum-exp. Without it
+every sequence would copy the shared prefix for itself at every layer of every step.
 
 On CPU, when the native kernel compiled (cpu_kernels.py), decodes skip the gather altogether: the
-kernel reads each sequence's K/V rows in place from its pages. Prefill groups keep gather + SDPA,
+kernel reads each sequence's own K/V rows in place from its pages, and a shared prefix is still
+attended once (cascade), merged through the kernel's log-sum-exp. Prefill groups keep gather + SDPA,
 where the copy is small next to the attention's own compute.
 """
 
@@ -47,8 +48,9 @@ class _KernelDecodes:
     """Decoding sequences handed to the native kernel."""
 
     q_index: torch.Tensor  # [B] index of each sequence's query token in the batch
-    page_table: torch.Tensor  # [B, max_pages] int32, padded with page 0
-    kv_lens: torch.Tensor  # [B] int32
+    shared_pages: torch.Tensor | None  # pages every sequence starts with, attended once (cascade)
+    page_table: torch.Tensor  # [B, max_pages] int32: the pages after the shared ones, padded with page 0
+    kv_lens: torch.Tensor  # [B] int32: tokens in those pages
 
 
 class TorchAttentionBackend:
@@ -61,7 +63,7 @@ class TorchAttentionBackend:
         self.decode_kernel = decode_kernel if usable else None
         self._slots = torch.empty(0, dtype=torch.long)
         self._groups: list[_Group] = []
-        self._kernel_decodes: _KernelDecodes | None = None
+        self._kernel_decodes: list[_KernelDecodes] = []
 
     def plan(self, layout: BatchLayout) -> None:
         self._slots = torch.tensor(layout.slot_indices(), dtype=torch.long, device=self.device)
@@ -71,18 +73,39 @@ class TorchAttentionBackend:
             offset += q_len
         decode = [i for i, q in enumerate(layout.query_lens) if q == 1]
         prefill = [i for i, q in enumerate(layout.query_lens) if q > 1]
-        self._kernel_decodes = None
+        self._kernel_decodes = []
         if decode and self.decode_kernel is not None:
-            self._kernel_decodes = self._for_kernel(layout, decode, starts)
+            self._kernel_decodes = [self._for_kernel(layout, members, starts, common)
+                                    for members, common in self._clusters(layout, decode)]
             decode = []
-        self._groups = [self._group(layout, idx, starts) for idx in (decode, prefill) if idx]
+        self._groups = [self._group(layout, members, starts, common)
+                        for idx in (decode, prefill) if idx for members, common in self._clusters(layout, idx)]
 
-    def _for_kernel(self, layout: BatchLayout, seqs: list[int], starts: list[int]) -> _KernelDecodes:
-        width = max(len(layout.page_tables[i]) for i in seqs)
-        table = [layout.page_tables[i] + [0] * (width - len(layout.page_tables[i])) for i in seqs]
-        return _KernelDecodes(torch.tensor([starts[i] for i in seqs], dtype=torch.long),
-                              torch.tensor(table, dtype=torch.int32),
-                              torch.tensor([layout.kv_lens[i] for i in seqs], dtype=torch.int32))
+    def _clusters(self, layout: BatchLayout, seqs: list[int]) -> list[tuple[list[int], int]]:
+        """Splits seqs into (members, common leading pages): sequences that start with the same pages, where
+        attending those once (cascade) saves enough, and one cluster of all the others with 0."""
+        by_first: dict[int, list[int]] = {}
+        for i in seqs:
+            by_first.setdefault(layout.page_tables[i][0] if layout.page_tables[i] else -1, []).append(i)
+        clusters, rest = [], []
+        for members in by_first.values():
+            common = self._common_pages(layout, members)
+            if common:
+                clusters.append((members, common))
+            else:
+                rest.extend(members)
+        if rest:
+            clusters.append((rest, 0))
+        return clusters
+
+    def _for_kernel(self, layout: BatchLayout, seqs: list[int], starts: list[int], common: int) -> _KernelDecodes:
+        own = [layout.page_tables[i][common:] for i in seqs]
+        width = max(len(pages) for pages in own)
+        shared = torch.tensor(layout.page_tables[seqs[0]][:common], dtype=torch.long) if common else None
+        return _KernelDecodes(torch.tensor([starts[i] for i in seqs], dtype=torch.long), shared,
+                              torch.tensor([pages + [0] * (width - len(pages)) for pages in own], dtype=torch.int32),
+                              torch.tensor([layout.kv_lens[i] - common * self.page_size for i in seqs],
+                                           dtype=torch.int32))
 
     def _common_pages(self, layout: BatchLayout, seqs: list[int]) -> int:
         """Leading pages shared by every sequence and lying wholly before all of their queries."""
@@ -100,9 +123,8 @@ class TorchAttentionBackend:
             count += 1
         return count if count * ps * (len(seqs) - 1) >= CASCADE_MIN_SAVED_TOKENS else 0
 
-    def _group(self, layout: BatchLayout, seqs: list[int], starts: list[int]) -> _Group:
+    def _group(self, layout: BatchLayout, seqs: list[int], starts: list[int], common: int) -> _Group:
         ps, dev = self.page_size, self.device
-        common = self._common_pages(layout, seqs)
         num_own = -(-max(layout.kv_lens[i] for i in seqs) // ps) - common
         q_max = max(layout.query_lens[i] for i in seqs)
         q_len = torch.tensor([layout.query_lens[i] for i in seqs])
@@ -127,10 +149,13 @@ class TorchAttentionBackend:
         k_cache.view(-1, heads, dim).index_copy_(0, self._slots, k)
         v_cache.view(-1, heads, dim).index_copy_(0, self._slots, v)
         out = torch.empty_like(q)
-        decodes = self._kernel_decodes
-        if decodes is not None and self.decode_kernel is not None:
-            o = self.decode_kernel(q.index_select(0, decodes.q_index), k_cache, v_cache, decodes.page_table,
-                                   decodes.kv_lens, self.scale)
+        kernel = self.decode_kernel
+        for decodes in self._kernel_decodes if kernel is not None else ():
+            qd = q.index_select(0, decodes.q_index)
+            o, lse = kernel(qd, k_cache, v_cache, decodes.page_table, decodes.kv_lens, self.scale)
+            if decodes.shared_pages is not None:
+                ks, vs = (_gather(cache, decodes.shared_pages, 1)[0] for cache in (k_cache, v_cache))
+                o = self._with_shared(qd, ks, vs, o, lse)
             out.index_copy_(0, decodes.q_index, o)
         for g in self._groups:
             b, q_max = g.q_index.shape
@@ -153,21 +178,64 @@ class TorchAttentionBackend:
         b, q_max, hq, d = q.shape
         hkv = ks.shape[1]
         g = hq // hkv
-        qh = q.view(b, q_max, hkv, g, d).permute(2, 0, 3, 1, 4)  # [Hkv, B, G, Qmax, D]
-        # shared part: every query against one copy of the shared keys
-        scores = torch.matmul(qh.reshape(hkv, b * g * q_max, d), ks.permute(1, 2, 0)).float() * self.scale
-        o_sh, m_sh, l_sh = _partial_softmax(scores, vs.transpose(0, 1))
-        # own part: each sequence's remaining keys under the causal/padding mask
-        scores = torch.matmul(qh.reshape(hkv, b, g * q_max, d), ko.permute(2, 0, 3, 1)).float() * self.scale
-        scores = scores.view(hkv, b, g, q_max, -1).masked_fill_(~mask.view(1, b, 1, q_max, -1), float("-inf"))
-        o_own, m_own, l_own = _partial_softmax(scores.view(hkv, b, g * q_max, -1), vo.permute(2, 0, 1, 3))
-        shape = (hkv, b, g, q_max, -1)
-        o_sh, m_sh, l_sh = o_sh.view(shape), m_sh.view(shape), l_sh.view(shape)
-        o_own, m_own, l_own = o_own.view(shape), m_own.view(shape), l_own.view(shape)
-        m = torch.maximum(m_sh, m_own)
-        w_sh, w_own = (m_sh - m).exp(), (m_own - m).exp()
-        o = (o_sh * w_sh + o_own * w_own) / (l_sh * w_sh + l_own * w_own)
-        return o.permute(1, 3, 0, 2, 4).reshape(b, q_max, hq, d)
+        # rows of one KV head: its G query heads x Qmax positions, so no KV is repeated for GQA
+        qh = q.view(b, q_max, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * q_max, d)
+        o_sh, lse_sh = _shared_part(qh, ks, vs, self.scale)
+        additive = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+        additive = additive.unsqueeze(2).expand(b, 1, g, q_max, mask.shape[-1]).reshape(b, 1, g * q_max, -1)
+        o_own, lse_own = _flash_with_lse(qh, ko.transpose(1, 2), vo.transpose(1, 2), self.scale, additive)
+        o = _merge(o_sh, lse_sh, o_own, lse_own)  # [B, Hkv, G*Qmax, D]
+        return o.view(b, hkv, g, q_max, d).permute(0, 3, 1, 2, 4).reshape(b, q_max, hq, d)
+
+    def _with_shared(self, q: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, o_own: torch.Tensor,
+                     lse_own: torch.Tensor) -> torch.Tensor:
+        """Merges decode attention over own keys (o_own [B, Hq, D], lse_own [B, Hq]) with the shared keys ks/vs."""
+        b, hq, d = q.shape
+        hkv = ks.shape[1]
+        o_sh, lse_sh = _shared_part(q.view(b, hkv, hq // hkv, d), ks, vs, self.scale)
+        return _merge(o_sh, lse_sh, o_own.view(b, hkv, -1, d), lse_own.view(b, hkv, -1)).reshape(b, hq, d)
+
+
+_flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def _flash_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPA that also returns each row's log-sum-exp: [B, H, R, D] x [B, H, L, D] -> out, lse [B, H, R] (float32).
+
+    On CPU this is the flash kernel SDPA itself runs (blocked, never materialising the scores); elsewhere
+    a plain computation. `mask` is additive (0 / -inf) and must leave every row at least one key.
+    """
+    if q.device.type == "cpu":
+        out, lse = _flash_cpu(q, k, v, attn_mask=mask, scale=scale)
+        return out, lse
+    return _attention_with_lse(q, k, v, scale, mask)
+
+
+def _attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                        mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same, computed plainly (any device)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    if mask is not None:
+        scores = scores + mask.float()
+    lse = scores.logsumexp(-1)
+    return torch.matmul((scores - lse.unsqueeze(-1)).exp().to(v.dtype), v), lse
+
+
+def _shared_part(qh: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor,
+                 scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every query row of qh [B, Hkv, R, D] against one copy of the shared keys ks/vs [Ls, Hkv, D]."""
+    b, hkv, rows, d = qh.shape
+    flat = qh.transpose(0, 1).reshape(1, hkv, b * rows, d)
+    o, lse = _flash_with_lse(flat, ks.transpose(0, 1).unsqueeze(0), vs.transpose(0, 1).unsqueeze(0), scale)
+    return o.view(hkv, b, rows, d).transpose(0, 1), lse.view(hkv, b, rows).transpose(0, 1)
+
+
+def _merge(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Tensor) -> torch.Tensor:
+    """Exact softmax over the union of two key sets, from each part's normalised output and log-sum-exp."""
+    m = torch.maximum(lse1, lse2)
+    w1, w2 = (lse1 - m).exp().unsqueeze(-1), (lse2 - m).exp().unsqueeze(-1)
+    return ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(o1.dtype)
 
 
 def _gather(cache: torch.Tensor, pages: torch.Tensor, batch: int) -> torch.Tensor:
@@ -175,10 +243,3 @@ def _gather(cache: torch.Tensor, pages: torch.Tensor, batch: int) -> torch.Tenso
     heads, dim = cache.shape[2], cache.shape[3]
     rows = cache.view(cache.shape[0], -1).index_select(0, pages)
     return rows.view(batch, -1, heads, dim)
-
-
-def _partial_softmax(scores: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unnormalised softmax(scores) @ values, with the row max and the row sum needed to merge parts."""
-    m = scores.amax(-1, keepdim=True)
-    p = (scores - m).exp_()
-    return torch.matmul(p.to(values.dtype), values).float(), m, p.sum(-1, keepdim=True)

@@ -36,10 +36,11 @@ ENV_SWITCH = "FLEETSERVE_NATIVE_KERNELS"
 # -ffast-math is avoided on purpose: linking with it sets flush-to-zero for the whole process.
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
           "-fno-signed-zeros", "-fopenmp", "-fPIC", "-shared")
+LIBS = ("-lm",)
 MAX_HEAD_DIM = 1024
 
 _P, _I = ctypes.c_void_p, ctypes.c_int32
-_ARGTYPES = [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P]
+_ARGTYPES = [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P, _P]
 _SYMBOLS = {torch.float32: "paged_decode_f32", torch.bfloat16: "paged_decode_bf16"}
 
 
@@ -58,8 +59,12 @@ class PagedDecodeKernel:
         return device.type == "cpu" and dtype in self._functions
 
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,
-                 kv_lens: torch.Tensor, scale: float) -> torch.Tensor:
-        """q [B, Hq, D]; caches [pages, page_size, Hkv, D]; page_table [B, max_pages] int32; kv_lens [B] int32 >= 1."""
+                 kv_lens: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [B, Hq, D]; caches [pages, page_size, Hkv, D]; page_table [B, max_pages] int32; kv_lens [B] int32 >= 1.
+
+        Returns the attention output [B, Hq, D] (q's dtype) and the log-sum-exp of each row's scaled
+        scores [B, Hq] (float32), which merges this part with attention over other keys.
+        """
         b, hq, d = q.shape
         _, page_size, hkv, dk = k_cache.shape
         function = self._functions.get(q.dtype)
@@ -73,13 +78,15 @@ class PagedDecodeKernel:
         if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
             raise ValueError("paged decode kernel: tensors must be contiguous CPU tensors")
         out = torch.empty_like(q)
+        lse = torch.empty(b, hq, dtype=torch.float32)
         if b == 0:
-            return out
+            return out, lse
         failed = function(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), page_table.data_ptr(),
-                          kv_lens.data_ptr(), b, page_table.shape[1], hq, hkv, d, page_size, scale, out.data_ptr())
+                          kv_lens.data_ptr(), b, page_table.shape[1], hq, hkv, d, page_size, scale, out.data_ptr(),
+                          lse.data_ptr())
         if failed:
             raise MemoryError("paged decode kernel: out of memory for its scratch buffers")
-        return out
+        return out, lse
 
 
 def _compiler() -> str | None:
@@ -104,7 +111,7 @@ def _build(cc: str, target: Path) -> None:
     fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([cc, *CFLAGS, "-o", scratch, str(SOURCE)], capture_output=True, text=True,
+        result = subprocess.run([cc, *CFLAGS, "-o", scratch, str(SOURCE), *LIBS], capture_output=True, text=True,
                                 check=False, timeout=300)
         if result.returncode != 0:
             raise RuntimeError(f"{cc} exited with {result.returncode}: {result.stderr.strip()[-2000:]}")
@@ -118,7 +125,7 @@ def shared_object_path(cc: str) -> Path:
     """Where the build for this source, compiler, flags and CPU is cached."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), cc.encode(), version.encode(), " ".join(CFLAGS).encode(),
+    for part in (SOURCE.read_bytes(), cc.encode(), version.encode(), " ".join(CFLAGS + LIBS).encode(),
                  _cpu_signature().encode()):
         key.update(part)
         key.update(b"\0")

@@ -8,6 +8,8 @@
  * Layouts (runtime/engine/attention.py): q and out [num_seqs, num_q_heads, head_dim];
  * k_cache/v_cache [num_pages, page_size, num_kv_heads, head_dim]; page_table [num_seqs, max_pages]
  * int32; kv_lens [num_seqs] int32 (>= 1). Query head hq reads KV head hq / (num_q_heads / num_kv_heads).
+ * lse (NULL or [num_seqs, num_q_heads] float32) receives each row's log-sum-exp of the scaled scores, so
+ * a caller can merge this part with attention over other keys (cascade over a shared prefix).
  * Returns 0, or 1 when scratch memory could not be allocated (the caller raises).
  *
  * Built by runtime/engine/cpu_kernels.py with -O3 -march=native and the float flags that let the
@@ -64,7 +66,8 @@ static inline float exp_nonpositive(float x) {
 #define DEFINE_PAGED_DECODE(NAME, T, LOAD, STORE)                                                  \
     int NAME(const T *q, const T *k_cache, const T *v_cache, const int32_t *page_table,          \
              const int32_t *kv_lens, int32_t num_seqs, int32_t max_pages, int32_t num_q_heads,      \
-             int32_t num_kv_heads, int32_t head_dim, int32_t page_size, float scale, T *out) {      \
+             int32_t num_kv_heads, int32_t head_dim, int32_t page_size, float scale, T *out,        \
+             float *lse) {                                                                          \
         const int32_t group = num_q_heads / num_kv_heads, D = head_dim;                           \
         const int64_t row_len = (int64_t)num_kv_heads * D, q_len = (int64_t)num_q_heads * D;      \
         int failed = 0;                                                                           \
@@ -102,6 +105,7 @@ static inline float exp_nonpositive(float x) {
                 for (int32_t t = 0; t < len; t++) sh[t] = exp_nonpositive(sh[t] - m);             \
                 for (int32_t t = 0; t < len; t++) sum += sh[t];                                   \
                 const float inv = 1.0f / sum;                                                     \
+                if (lse != NULL) lse[(int64_t)b * num_q_heads + hq] = m + logf(sum);              \
                 for (int32_t t = 0; t < len; t++) sh[t] *= inv;                                   \
             }                                                                                     \
             for (int32_t t = 0; t < len; t++) {                                                   \

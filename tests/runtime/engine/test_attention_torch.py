@@ -60,3 +60,47 @@ def test_matches_direct_attention(shared_pages, cascade):
     got = backend.forward(0, q, k, v)
     expected = reference(kv[0], kv[1], layout, q, D**-0.5)  # forward wrote k/v into the cache first
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_plain_attention_with_lse_matches_the_cpu_flash_kernel(dtype):
+    """The non-CPU fallback of the cascade's building block gives what the CPU flash kernel gives."""
+    from fleetserve.runtime.engine.attention_torch import _attention_with_lse, _flash_with_lse
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, n, 16).to(dtype) for n in (5, 9, 9))
+    mask = torch.zeros(3, 1, 5, 9, dtype=dtype)
+    mask[..., 6:] = float("-inf")
+    for m in (None, mask):
+        got, got_lse = _attention_with_lse(q, k, v, 0.25, m)
+        ref, ref_lse = _flash_with_lse(q, k, v, 0.25, m)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(got.float(), ref.float(), atol=tol, rtol=tol)
+        torch.testing.assert_close(got_lse, ref_lse, atol=tol, rtol=tol)
+
+
+def test_sequences_sharing_different_prefixes_cascade_in_their_own_groups():
+    """Two system prompts and a loner in one step: each prompt's sequences are a cascade group, the loner
+    is attended alone, and every output matches direct attention."""
+    rng = random.Random(5)
+    free = list(range(1, PAGES))
+    rng.shuffle(free)
+    prefixes = [[free.pop() for _ in range(70)], [free.pop() for _ in range(80)]]
+    query_lens, kv_lens, tables = [], [], []
+    for prefix, q_len in [(0, 1), (1, 6), (0, 4), (None, 3), (1, 1), (0, 1), (1, 2), (0, 5)]:
+        own_tokens = rng.randint(q_len, 20)
+        shared = prefixes[prefix] if prefix is not None else []
+        tables.append(shared + [free.pop() for _ in range(-(-own_tokens // PS))])
+        query_lens.append(q_len)
+        kv_lens.append(len(shared) * PS + own_tokens)
+    layout = BatchLayout(query_lens, kv_lens, tables, PS)
+    torch.manual_seed(5)
+    kv = torch.randn(2, PAGES, PS, HKV, D)
+    backend = TorchAttentionBackend([kv], scale=D**-0.5)
+    backend.plan(layout)
+    shared_counts = sorted(len(g.shared_pages) for g in backend._groups if g.shared_pages is not None)
+    assert shared_counts == [70, 70, 80]  # decodes and prefills of the first prompt, prefills of the second
+    t = layout.num_tokens
+    q, k, v = torch.randn(t, HQ, D), torch.randn(t, HKV, D), torch.randn(t, HKV, D)
+    got = backend.forward(0, q, k, v)
+    torch.testing.assert_close(got.double(), reference(kv[0], kv[1], layout, q, D**-0.5), atol=1e-5, rtol=1e-5)

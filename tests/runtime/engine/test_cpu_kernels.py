@@ -37,6 +37,17 @@ def direct(q, k_cache, v_cache, tables, lens, scale):
     return torch.stack(out)
 
 
+def direct_lse(q, k_cache, tables, lens, scale):
+    page_size, hkv = k_cache.shape[1], k_cache.shape[2]
+    rows = []
+    for b, (table, length) in enumerate(zip(tables, lens, strict=True)):
+        pos = torch.arange(length)
+        slots = torch.tensor(table)[pos // page_size] * page_size + pos % page_size
+        keys = k_cache.reshape(-1, hkv, k_cache.shape[3])[slots].double().repeat_interleave(q.shape[1] // hkv, dim=1)
+        rows.append((torch.einsum("hd,khd->hk", q[b].double(), keys) * scale).logsumexp(-1))
+    return torch.stack(rows)
+
+
 def random_case(seed, num_seqs, hq, hkv, d, page_size, max_len, dtype, shared_pages=0):
     """Sequences of 1..max_len own tokens after `shared_pages` pages they all share, pages shuffled."""
     rng = random.Random(seed)
@@ -62,17 +73,18 @@ def random_case(seed, num_seqs, hq, hkv, d, page_size, max_len, dtype, shared_pa
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
 def test_kernel_matches_direct_attention(kernel, hq, hkv, d, page_size, dtype, tol):
     q, k_cache, v_cache, tables, lens, table = random_case(hq * d + page_size, 9, hq, hkv, d, page_size, 300, dtype)
-    got = kernel(q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32), d**-0.5)
+    got, lse = kernel(q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32), d**-0.5)
     expected = direct(q, k_cache, v_cache, tables, lens, d**-0.5)
-    assert got.dtype == dtype
+    assert got.dtype == dtype and lse.shape == q.shape[:2]
     torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(lse.double(), direct_lse(q, k_cache, tables, lens, d**-0.5), atol=tol, rtol=tol)
 
 
 @needs_kernel
 def test_kernel_reads_shared_pages_and_sharp_softmax(kernel):
     q, k_cache, v_cache, tables, lens, table = random_case(7, 5, 8, 2, 64, 16, 200, torch.float32, shared_pages=3)
     q = q * 40  # near one-hot attention: exp() far into its range
-    got = kernel(q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32), 0.125)
+    got, _ = kernel(q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32), 0.125)
     torch.testing.assert_close(got.double(), direct(q, k_cache, v_cache, tables, lens, 0.125), atol=2e-5, rtol=2e-5)
 
 
@@ -93,19 +105,22 @@ def test_kernel_refuses_what_it_cannot_read(kernel):
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_backend_decodes_through_the_kernel_like_the_torch_path(kernel, dtype):
-    """A mixed step (decodes and prefill chunks): with the kernel the same outputs as gather + SDPA."""
+@pytest.mark.parametrize("shared_pages", [0, 80])
+def test_backend_decodes_through_the_kernel_like_the_torch_path(kernel, dtype, shared_pages):
+    """A mixed step (decodes and prefill chunks), with and without a shared prefix long enough for cascade:
+    with the kernel the same outputs as gather + SDPA."""
     ps, hkv, hq, d = 4, 2, 6, 32
     rng = random.Random(3)
-    kv = torch.randn(2, 120, ps, hkv, d).to(dtype)
-    free = list(range(1, 120))
+    kv = torch.randn(2, 400, ps, hkv, d).to(dtype)
+    free = list(range(1, 400))
     rng.shuffle(free)
+    prefix = [free.pop() for _ in range(shared_pages)]
     query_lens, kv_lens, tables = [], [], []
     for q_len in [1, 7, 1, 1, 12, 1]:
-        kv_len = q_len + rng.randint(0, 40)
-        tables.append([free.pop() for _ in range(-(-kv_len // ps))])
+        own = q_len + rng.randint(0, 40)
+        tables.append(prefix + [free.pop() for _ in range(-(-own // ps))])
         query_lens.append(q_len)
-        kv_lens.append(kv_len)
+        kv_lens.append(shared_pages * ps + own)
     layout = BatchLayout(query_lens, kv_lens, tables, ps)
     t = layout.num_tokens
     q, k, v = (torch.randn(t, h, d).to(dtype) for h in (hq, hkv, hkv))
@@ -116,7 +131,9 @@ def test_backend_decodes_through_the_kernel_like_the_torch_path(kernel, dtype):
     for backend in (with_kernel, without):
         backend.plan(layout)
         outputs.append(backend.forward(0, q, k, v))
-    assert with_kernel._kernel_decodes is not None and len(with_kernel._groups) == 1  # only the prefills
+    decodes = with_kernel._kernel_decodes
+    assert len(decodes) == 1 and len(with_kernel._groups) == 1  # only the prefills
+    assert (decodes[0].shared_pages is not None) == (shared_pages > 0)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(outputs[0].float(), outputs[1].float(), atol=tol, rtol=tol)
 
