@@ -149,14 +149,8 @@ class TorchAttentionBackend:
         k_cache.view(-1, heads, dim).index_copy_(0, self._slots, k)
         v_cache.view(-1, heads, dim).index_copy_(0, self._slots, v)
         out = torch.empty_like(q)
-        kernel = self.decode_kernel
-        for decodes in self._kernel_decodes if kernel is not None else ():
-            qd = q.index_select(0, decodes.q_index)
-            o, lse = kernel(qd, k_cache, v_cache, decodes.page_table, decodes.kv_lens, self.scale)
-            if decodes.shared_pages is not None:
-                ks, vs = (_gather(cache, decodes.shared_pages, 1)[0] for cache in (k_cache, v_cache))
-                o = self._with_shared(qd, ks, vs, o, lse)
-            out.index_copy_(0, decodes.q_index, o)
+        if self.decode_kernel is not None:
+            self._decode_in_place(self.decode_kernel, q, k_cache, v_cache, out)
         for g in self._groups:
             b, q_max = g.q_index.shape
             qg = q[g.q_index]  # [B, Qmax, Hq, D]
@@ -171,6 +165,16 @@ class TorchAttentionBackend:
             rows = o.reshape(b * q_max, *q.shape[1:]).index_select(0, g.valid_rows)
             out.index_copy_(0, g.out_index, rows.to(q.dtype))
         return out
+
+    def _decode_in_place(self, kernel: PagedDecodeKernel, q: torch.Tensor, k_cache: torch.Tensor,
+                         v_cache: torch.Tensor, out: torch.Tensor) -> None:
+        for decodes in self._kernel_decodes:
+            qd = q.index_select(0, decodes.q_index)
+            o, lse = kernel(qd, k_cache, v_cache, decodes.page_table, decodes.kv_lens, self.scale)
+            if decodes.shared_pages is not None:
+                ks, vs = (_gather(cache, decodes.shared_pages, 1)[0] for cache in (k_cache, v_cache))
+                o = self._with_shared(qd, ks, vs, o, lse)
+            out.index_copy_(0, decodes.q_index, o)
 
     def _cascade(self, q: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, ko: torch.Tensor, vo: torch.Tensor,
                  mask: torch.Tensor) -> torch.Tensor:
