@@ -2,7 +2,9 @@
 
 Decodes (one new token) and prefills are attended in separate groups so a long prefill chunk never
 pads a batch of decodes to its length. Whole pages are gathered with one contiguous copy each and
-the unused tail of the last page is masked.
+the unused tail of the last page is masked. When padding a group to its longest query and key
+lengths would cost more than the calls saved (prompts of mixed lengths), each sequence is attended
+alone instead, plain causal when it has no cached tokens so the kernel skips the masked blocks.
 
 Cascade: sequences that start with the same pages (a shared system prompt, the n choices of one
 request, prefix-cache hits) form their own group, and those pages are attended once for all its
@@ -28,6 +30,9 @@ from fleetserve.runtime.engine.cpu_kernels import PagedDecodeKernel
 
 # Cascade only pays when it saves at least this many gathered tokens per layer.
 CASCADE_MIN_SAVED_TOKENS = 256
+# One more SDPA call costs about as much as this many query-key pairs of attention (measured on CPU:
+# ~50 us per call, ~8 ns per pair for 12 heads of 64).
+SINGLE_CALL_PAIRS = 8192
 
 
 @dataclass(slots=True)
@@ -41,6 +46,17 @@ class _Group:
     own_pages: torch.Tensor  # [B * num_own_pages] each sequence's remaining pages, padded with page 0
     num_own_pages: int
     mask: torch.Tensor  # [B, 1, Qmax, num_own_pages * page_size] over the own pages, True = attend
+
+
+@dataclass(slots=True)
+class _Single:
+    """A sequence attended on its own: no padding to its neighbours' lengths, causal blocks skipped."""
+
+    start: int  # first of its query tokens in the batch
+    q_len: int
+    kv_len: int
+    pages: torch.Tensor  # its pages
+    mask: torch.Tensor | None  # [q_len, kv_len] True = attend; None when q_len == kv_len (plain causal)
 
 
 @dataclass(slots=True)
@@ -64,6 +80,7 @@ class TorchAttentionBackend:
         self._slots = torch.empty(0, dtype=torch.long)
         self._groups: list[_Group] = []
         self._kernel_decodes: list[_KernelDecodes] = []
+        self._singles: list[_Single] = []
 
     def plan(self, layout: BatchLayout) -> None:
         self._slots = torch.tensor(layout.slot_indices(), dtype=torch.long, device=self.device)
@@ -78,8 +95,31 @@ class TorchAttentionBackend:
             self._kernel_decodes = [self._for_kernel(layout, members, starts, common)
                                     for members, common in self._clusters(layout, decode)]
             decode = []
-        self._groups = [self._group(layout, members, starts, common)
-                        for idx in (decode, prefill) if idx for members, common in self._clusters(layout, idx)]
+        self._groups, self._singles = [], []
+        for idx in (decode, prefill):
+            for members, common in self._clusters(layout, idx) if idx else ():
+                if common == 0 and self._padding_costs_more(layout, members):
+                    self._singles.extend(self._single(layout, i, starts[i]) for i in members)
+                else:
+                    self._groups.append(self._group(layout, members, starts, common))
+
+    @staticmethod
+    def _padding_costs_more(layout: BatchLayout, seqs: list[int]) -> bool:
+        """Whether attending each sequence alone beats one padded, masked call: query-key pairs computed
+        padded (every row to the longest query and key length) against each sequence's causal pairs plus
+        a per-call overhead worth SINGLE_CALL_PAIRS pairs."""
+        q_max = max(layout.query_lens[i] for i in seqs)
+        kv_max = max(layout.kv_lens[i] for i in seqs)
+        alone = sum(layout.query_lens[i] * (layout.kv_lens[i] - layout.query_lens[i] / 2) for i in seqs)
+        return alone + SINGLE_CALL_PAIRS * len(seqs) < len(seqs) * q_max * kv_max
+
+    def _single(self, layout: BatchLayout, i: int, start: int) -> _Single:
+        q_len, kv_len = layout.query_lens[i], layout.kv_lens[i]
+        pages = torch.tensor(layout.page_tables[i][: -(-kv_len // self.page_size)], dtype=torch.long)
+        mask = None
+        if q_len != kv_len:  # a chunk after cached tokens: query p sees keys up to kv_len - q_len + p
+            mask = torch.arange(kv_len)[None, :] <= (kv_len - q_len + torch.arange(q_len))[:, None]
+        return _Single(start, q_len, kv_len, pages.to(self.device), None if mask is None else mask.to(self.device))
 
     def _clusters(self, layout: BatchLayout, seqs: list[int]) -> list[tuple[list[int], int]]:
         """Splits seqs into (members, common leading pages): sequences that start with the same pages, where
@@ -151,6 +191,13 @@ class TorchAttentionBackend:
         out = torch.empty_like(q)
         if self.decode_kernel is not None:
             self._decode_in_place(self.decode_kernel, q, k_cache, v_cache, out)
+        for one in self._singles:
+            # 4-D [1, H, L, D] views: SDPA's CPU flash kernel takes them; 3-D inputs fall back to the math path
+            ks, vs = (_gather(cache, one.pages, 1)[:, : one.kv_len].transpose(1, 2) for cache in (k_cache, v_cache))
+            qs = q[one.start : one.start + one.q_len].unsqueeze(0).transpose(1, 2)
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=one.mask, is_causal=one.mask is None,
+                                               scale=self.scale, enable_gqa=q.shape[1] != heads)
+            out[one.start : one.start + one.q_len] = o[0].transpose(0, 1)
         for g in self._groups:
             b, q_max = g.q_index.shape
             qg = q[g.q_index]  # [B, Qmax, Hq, D]

@@ -104,3 +104,28 @@ def test_sequences_sharing_different_prefixes_cascade_in_their_own_groups():
     q, k, v = torch.randn(t, HQ, D), torch.randn(t, HKV, D), torch.randn(t, HKV, D)
     got = backend.forward(0, q, k, v)
     torch.testing.assert_close(got.double(), reference(kv[0], kv[1], layout, q, D**-0.5), atol=1e-5, rtol=1e-5)
+
+
+def test_prompts_of_mixed_lengths_are_attended_one_by_one():
+    """Long prompts of very different lengths: each is attended alone (fresh ones plain causal, a chunk after
+    cached tokens with its offset mask), matching direct attention; short equal ones stay one padded group."""
+    rng = random.Random(11)
+    free = list(range(1, PAGES))
+    rng.shuffle(free)
+    query_lens, kv_lens, tables = [], [], []
+    for q_len, kv_len in [(180, 180), (12, 12), (150, 300), (1, 40), (1, 41)]:
+        tables.append([free.pop() for _ in range(-(-kv_len // PS))])
+        query_lens.append(q_len)
+        kv_lens.append(kv_len)
+    layout = BatchLayout(query_lens, kv_lens, tables, PS)
+    torch.manual_seed(11)
+    kv = torch.randn(2, PAGES, PS, HKV, D)
+    backend = TorchAttentionBackend([kv], scale=D**-0.5)
+    backend.plan(layout)
+    singles = {(one.q_len, one.kv_len): one.mask is None for one in backend._singles}
+    assert singles == {(180, 180): True, (12, 12): True, (150, 300): False}
+    assert [g.q_index.shape for g in backend._groups] == [(2, 1)]  # the two decodes, padded together
+    t = layout.num_tokens
+    q, k, v = torch.randn(t, HQ, D), torch.randn(t, HKV, D), torch.randn(t, HKV, D)
+    got = backend.forward(0, q, k, v)
+    torch.testing.assert_close(got.double(), reference(kv[0], kv[1], layout, q, D**-0.5), atol=1e-5, rtol=1e-5)
