@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from fleetserve.runtime.engine import cpu_kernels
+from fleetserve.runtime.engine import cpu_kernels, cpu_linear
 from fleetserve.runtime.engine.attention import AttentionBackend
 from fleetserve.runtime.engine.attention_torch import TorchAttentionBackend
 from fleetserve.runtime.engine.config import EngineConfig, ModelConfig
@@ -57,6 +57,11 @@ def build_engine(config: EngineConfig) -> LLMEngine:
         torch.set_grad_enabled(False)
         tune_malloc()
     model = load_model(model_config, device)
+    if cpu_linear.supported(model_config.dtype, device):
+        count = cpu_linear.prepack_linears(model)
+        if model.lm_head is None:  # tied: a packed copy for the logits; the embedding keeps the plain weight
+            model.lm_head = cpu_linear.PrepackedLinear(model.embed_tokens.weight, None)
+        logger.info("prepacked %d bfloat16 linear layers for oneDNN", count)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.eos_token_id is not None and not model_config.eos_token_ids:
         model_config.eos_token_ids.add(tokenizer.eos_token_id)

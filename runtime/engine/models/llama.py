@@ -87,7 +87,9 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # tied embeddings: None, the logits use embed_tokens.weight (unless a CPU fast path installs its own copy)
+        self.lm_head: nn.Module | None = (None if cfg.tie_word_embeddings
+                                          else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, backend: AttentionBackend,
                 logits_index: torch.Tensor) -> torch.Tensor:
@@ -97,5 +99,5 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.layers:
             h = layer(rope, h, backend)
         h = self.norm(h[logits_index])
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, weight).float()
+        logits = F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
+        return logits.float()
