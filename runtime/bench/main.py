@@ -15,7 +15,7 @@ import numpy as np
 
 from fleetserve.runtime.bench.client import EndpointConfig
 from fleetserve.runtime.bench.metrics import summarize
-from fleetserve.runtime.bench.prompts import PromptBuilder
+from fleetserve.runtime.bench.prompts import PromptBuilder, PromptLengthError
 from fleetserve.runtime.bench.report import build_result_json, format_table
 from fleetserve.runtime.bench.runner import LoadShape, resolve_output_tokens, run_requests, run_warmup
 from fleetserve.runtime.bench.tokenizer import TokenizerLike, load_tokenizer, sampleable_token_ids
@@ -217,7 +217,11 @@ def main(argv: list[str]) -> int:
     base_url = (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
     model = args.model or resolve_model(base_url, args.api_key)
     tokenizer = load_tokenizer(args.tokenizer or model, args.trust_remote_code)
-    workload = build_workload(args, tokenizer)
+    try:
+        workload = build_workload(args, tokenizer)
+    except PromptLengthError as exc:
+        print(f"fleetserve bench: cannot build the workload with this tokenizer: {exc}", file=sys.stderr)
+        return 2
     config = EndpointConfig(
         base_url, args.endpoint, model, args.api_key, args.ignore_eos, args.temperature, args.extra_body
     )

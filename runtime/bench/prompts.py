@@ -3,7 +3,8 @@
 Random token ids rarely survive decode → encode unchanged (neighbours merge, pre-tokenizers split
 differently), so a prompt is built by rounds: decode the ids to text, re-encode the text, and keep the
 re-encoded ids, trimmed or topped up with fresh random ids, until the text encodes to exactly the
-requested count. The prompt is sent as that text. Behind a shared prefix the prefix's own ids must also
+requested count. About one suffix in a few hundred oscillates between two lengths; those are redrawn
+every RESTART_EVERY rounds. The prompt is sent as that text. Behind a shared prefix the prefix's own ids must also
 stay intact, so the prefix cache sees the same tokens in every prompt of the group.
 """
 
@@ -18,6 +19,8 @@ from fleetserve.runtime.bench.tokenizer import TokenizerLike
 
 # Decode/encode rounds before giving up on one prompt; convergence takes one to three in practice.
 MAX_ROUNDS = 64
+# A few suffixes oscillate (trimming re-creates a merge that topping up undoes): start afresh after this many.
+RESTART_EVERY = 8
 
 
 class Prompt(NamedTuple):
@@ -51,7 +54,7 @@ class PromptBuilder:
             raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
         num_prefix = prefix.num_tokens
         suffix = self.sample_ids(num_tokens)
-        for _ in range(MAX_ROUNDS):
+        for round_ in range(1, MAX_ROUNDS + 1):
             text = prefix.text + self.tokenizer.decode(suffix, skip_special_tokens=False)
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             if tuple(ids[:num_prefix]) != prefix.token_ids:
@@ -60,6 +63,9 @@ class PromptBuilder:
             tail = ids[num_prefix:]
             if len(tail) == num_tokens:
                 return Prompt(text, tuple(ids))
+            if round_ % RESTART_EVERY == 0:
+                suffix = self.sample_ids(num_tokens)
+                continue
             suffix = (
                 tail[:num_tokens]
                 if len(tail) > num_tokens

@@ -36,3 +36,12 @@ def test_comparison_workloads_have_exact_lengths(demo_tokenizer):
 def test_pool_has_no_chat_markers(demo_tokenizer):
     pool = set(sampleable_token_ids(demo_tokenizer).tolist())
     assert not pool & set(demo_tokenizer.get_added_vocab().values())
+
+
+def test_oscillating_suffixes_are_redrawn(demo_model):
+    """A few random suffixes flip between two lengths under decode → encode forever; 640 prompts of 128
+    tokens with seed 0 met two of them before they were redrawn (the bench then died on its own workload)."""
+    tokenizer = load_tokenizer(str(demo_model("llama")))
+    builder = PromptBuilder(tokenizer, sampleable_token_ids(tokenizer), np.random.default_rng(0))
+    for _ in range(1000):
+        assert builder.build(128).num_tokens == 128
