@@ -2,7 +2,8 @@
 
 Callers talk to the thread through a command queue (add, abort, flush); the thread hands each step's
 outputs back to the event loop in one `call_soon_threadsafe` per step, where they are routed to the
-per-request asyncio queues that `generate()` iterators read.
+per-request asyncio queues that `generate()` iterators read. `from_config` builds the engine on that
+same thread, so one OS thread does all the torch work (torch_thread.py says why that matters).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from fleetserve.runtime.engine.config import EngineConfig
 from fleetserve.runtime.engine.engine import LLMEngine
 from fleetserve.runtime.engine.grammar_compiler import grammar_spec
+from fleetserve.runtime.engine.torch_thread import TorchThread
 from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,8 @@ class EngineDeadError(RuntimeError):
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine):
+    def __init__(self, engine: LLMEngine, worker: TorchThread | None = None):
+        """`worker`: the thread the engine was built on, which will also step it (default: a new one)."""
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.model_config = engine.model_config
@@ -37,26 +40,40 @@ class AsyncEngine:
         self._wakeup = threading.Event()
         self._streams: dict[str, asyncio.Queue[RequestOutput | Exception]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._worker = worker
+        self._running = False
         self._stopping = False
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> AsyncEngine:
-        return cls(LLMEngine.from_config(config))
+    def from_config(cls, config: EngineConfig, worker: TorchThread | None = None) -> AsyncEngine:
+        """Builds the engine on `worker` (default: a new thread), which later runs its step loop; raises what
+        building raises."""
+        worker = worker or TorchThread("fleetserve-engine")
+        try:
+            engine = worker.call(lambda: LLMEngine.from_config(config))
+        except BaseException:
+            worker.stop()
+            raise
+        return cls(engine, worker)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="fleetserve-engine", daemon=True)
-        self._thread.start()
+        if self._worker is None:
+            self._worker = TorchThread("fleetserve-engine")
+        self._worker.submit(self._run)
+        self._worker.stop()  # the thread ends when the step loop returns
+        self._running = True
 
     async def shutdown(self) -> None:
         """Stops the step loop; requests still in flight end with an EngineDeadError."""
         self._stopping = True
         self._wakeup.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+        if self._worker is not None:
+            if not self._running:
+                self._worker.stop()  # built but never started
+            await asyncio.to_thread(self._worker.join)
         self.engine.grammars.shutdown()
         for stream in self._streams.values():
             stream.put_nowait(EngineDeadError("the server is shutting down"))
@@ -76,7 +93,7 @@ class AsyncEngine:
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                        lora_name: str | None = None) -> AsyncIterator[RequestOutput]:
         """Yields the request's deltas; the last has ``finished``. Closing early aborts the request."""
-        if self._thread is None or self._stopping:
+        if not self._running or self._stopping:
             raise EngineDeadError("the engine is not running")
         if request_id in self._streams:
             raise EngineError(f"request id {request_id!r} is already in use")

@@ -127,17 +127,20 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_args(parser, args)
     from fleetserve.runtime.engine.async_engine import AsyncEngine
+    from fleetserve.runtime.engine.torch_thread import TorchThread
     from fleetserve.runtime.engine.types import EngineError
     from fleetserve.runtime.server.app import build_app
     from fleetserve.runtime.server.state import ServerState
 
-    model_path = resolve_model_path(args.model_path)
+    # every torch call (writing the demo model, loading, stepping) on one thread: see torch_thread.py
+    worker = TorchThread("fleetserve-engine")
+    model_path = worker.call(lambda: resolve_model_path(args.model_path))
     try:
         settings = server_settings(args, model_path)
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        engine = AsyncEngine.from_config(engine_config(args, model_path))
+        engine = AsyncEngine.from_config(engine_config(args, model_path), worker)
     except EngineError as exc:  # a model that cannot be served: say why, no traceback
         print(f"fleetserve serve: error: {exc}", file=sys.stderr)
         return 1
