@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-cache-memory-gb", type=float, help="KV cache size (default: engine's choice)")
     p.add_argument("--disable-radix-cache", action="store_true", help="turn prefix caching off")
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "flashinfer"])
+    p.add_argument("--skip-server-warmup", action="store_true",
+                   help="start serving without first running a dummy full-budget batch (first requests pay for it)")
     p.add_argument("--dp", type=int, default=1, help="engine processes (only 1 for now)")
     lora = p.add_argument_group("LoRA (accepted; adapters are not served yet)")
     lora.add_argument("--enable-lora", action="store_true")
@@ -66,6 +68,7 @@ def engine_config(args: argparse.Namespace, model_path: str) -> Any:
         kv_cache_memory_gb=args.kv_cache_memory_gb,
         enable_prefix_caching=not args.disable_radix_cache,
         attention_backend=args.attention_backend,
+        warm_up=not args.skip_server_warmup,
     )
 
 
