@@ -2,8 +2,11 @@
 
 Callers talk to the thread through a command queue (add, abort, flush); the thread hands each step's
 outputs back to the event loop in one `call_soon_threadsafe` per step, where they are routed to the
-per-request asyncio queues that `generate()` iterators read. `from_config` builds the engine on that
-same thread, so one OS thread does all the torch work (torch_thread.py says why that matters).
+per-request slots that `generate()` iterators read. A slot holds at most one undelivered output: when
+the consumer has not taken the previous one yet (a busy event loop, a slow client), the new delta is
+merged into it, so a lagging stream receives fewer, larger chunks instead of a backlog of one-token
+events (vLLM's output collector does the same). `from_config` builds the engine on the step loop's
+thread, so one OS thread does all the torch work (torch_thread.py says why that matters).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from fleetserve.runtime.engine.config import EngineConfig
 from fleetserve.runtime.engine.engine import LLMEngine
 from fleetserve.runtime.engine.grammar_compiler import grammar_spec
+from fleetserve.runtime.engine.outputs import merge_outputs
 from fleetserve.runtime.engine.torch_thread import TorchThread
 from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOutput, SamplingParams
 
@@ -28,6 +32,36 @@ Command = Callable[[LLMEngine], object]
 
 class EngineDeadError(RuntimeError):
     """The step loop failed; the request cannot finish (the server answers 500)."""
+
+
+class _OutputSlot:
+    """The undelivered output of one request (newer deltas merge into it) and, after it, an error if any."""
+
+    __slots__ = ("error", "pending", "ready")
+
+    def __init__(self) -> None:
+        self.pending: RequestOutput | None = None
+        self.error: Exception | None = None
+        self.ready = asyncio.Event()
+
+    def put(self, out: RequestOutput) -> None:
+        self.pending = out if self.pending is None else merge_outputs(self.pending, out)
+        self.ready.set()
+
+    def fail(self, exc: Exception) -> None:
+        self.error = exc
+        self.ready.set()
+
+    async def get(self) -> RequestOutput:
+        """The next (possibly merged) output; raises the error once every output before it was taken."""
+        while self.pending is None and self.error is None:
+            self.ready.clear()
+            await self.ready.wait()
+        if self.pending is not None:
+            out, self.pending = self.pending, None
+            return out
+        assert self.error is not None
+        raise self.error
 
 
 def _build(config: EngineConfig) -> LLMEngine:
@@ -45,7 +79,7 @@ class AsyncEngine:
         self.model_config = engine.model_config
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._wakeup = threading.Event()
-        self._streams: dict[str, asyncio.Queue[RequestOutput | Exception]] = {}
+        self._streams: dict[str, _OutputSlot] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker = worker
         self._running = False
@@ -83,7 +117,7 @@ class AsyncEngine:
             await asyncio.to_thread(self._worker.join)
         self.engine.grammars.shutdown()
         for stream in self._streams.values():
-            stream.put_nowait(EngineDeadError("the server is shutting down"))
+            stream.fail(EngineDeadError("the server is shutting down"))
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -105,16 +139,17 @@ class AsyncEngine:
         if request_id in self._streams:
             raise EngineError(f"request id {request_id!r} is already in use")
         self.check_request(prompt_token_ids, params)
-        stream: asyncio.Queue[RequestOutput | Exception] = asyncio.Queue()
+        stream = _OutputSlot()
         self._streams[request_id] = stream
         finished = False
         self._submit(lambda engine: self._add(engine, request_id, prompt_token_ids, params, lora_name))
         try:
             while not finished:
-                item = await stream.get()
-                if isinstance(item, Exception):
+                try:
+                    item = await stream.get()
+                except Exception:
                     finished = True  # the engine already dropped it
-                    raise item
+                    raise
                 finished = item.finished
                 yield item
         finally:
@@ -186,9 +221,9 @@ class AsyncEngine:
         for out in outputs:
             stream = self._streams.get(out.request_id)
             if stream is not None:
-                stream.put_nowait(out)
+                stream.put(out)
 
     def _route_error(self, request_id: str, exc: Exception) -> None:
         stream = self._streams.get(request_id)
         if stream is not None:
-            stream.put_nowait(exc)
+            stream.fail(exc)

@@ -57,3 +57,34 @@ def _take_delta(seq: Sequence) -> CompletionOutput | None:
     seq.new_token_ids, seq.new_text, seq.new_logprobs = [], "", []
     seq.finish_sent = seq.finish_sent or finishing
     return out
+
+
+def merge_outputs(earlier: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """One delta equal to `earlier` followed by `later` (both of the same request), as a consumer that missed
+    a step would want it: token ids, text and logprobs concatenated per choice, the later finish state."""
+    by_index = {c.index: c for c in earlier.outputs}
+    for c in later.outputs:
+        before = by_index.get(c.index)
+        if before is None:
+            by_index[c.index] = c
+            continue
+        logprobs = None
+        if before.new_logprobs is not None or c.new_logprobs is not None:
+            logprobs = (before.new_logprobs or []) + (c.new_logprobs or [])
+        by_index[c.index] = CompletionOutput(
+            index=c.index,
+            new_token_ids=before.new_token_ids + c.new_token_ids,
+            new_text=before.new_text + c.new_text,
+            new_logprobs=logprobs,
+            finish_reason=c.finish_reason or before.finish_reason,
+            stop_reason=c.stop_reason if c.finish_reason else before.stop_reason,
+        )
+    return RequestOutput(
+        request_id=later.request_id,
+        outputs=sorted(by_index.values(), key=lambda c: c.index),
+        num_prompt_tokens=later.num_prompt_tokens,
+        num_cached_tokens=later.num_cached_tokens,
+        prompt_logprobs=earlier.prompt_logprobs if earlier.prompt_logprobs is not None else later.prompt_logprobs,
+        finished=later.finished,
+        queue_time=earlier.queue_time if earlier.queue_time is not None else later.queue_time,
+    )
