@@ -69,7 +69,8 @@ def random_case(seed, num_seqs, hq, hkv, d, page_size, max_len, dtype, shared_pa
 
 @needs_kernel
 @pytest.mark.parametrize(("hq", "hkv", "d", "page_size"), [(4, 4, 64, 16), (12, 4, 64, 16), (8, 2, 128, 16),
-                                                           (6, 3, 80, 4), (2, 1, 16, 1), (32, 8, 128, 32)])
+                                                           (6, 3, 80, 4), (2, 1, 16, 1), (32, 8, 128, 32),
+                                                           (14, 2, 64, 16), (16, 2, 128, 8), (20, 2, 64, 16)])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
 def test_kernel_matches_direct_attention(kernel, hq, hkv, d, page_size, dtype, tol):
     q, k_cache, v_cache, tables, lens, table = random_case(hq * d + page_size, 9, hq, hkv, d, page_size, 300, dtype)
