@@ -3,12 +3,13 @@
 Workload: N concurrent requests (default 64), each a random token-id prompt of --input-len tokens and
 exactly --output-len generated tokens (ignore_eos, greedy). The engine side drives `AsyncEngine` in
 this process; the server side starts `fleetserve serve` with the same engine flags and streams
-`/v1/completions` (SSE, token-id prompts, usage in the last chunk) with N concurrent httpx streams.
+`/v1/completions` (SSE, token-id prompts, usage in the last chunk) with N concurrent aiohttp streams.
 The two sides alternate for --repeats rounds (fresh prompts each round, the same for both sides) so
 that noise from other load hits both; the median round of each is printed with output tokens/s, TTFT
 and the server/engine ratio (target: >= 0.90). Figures only, no asserts.
 
-    python benchmarks/server_vs_engine.py                       # demo model on this machine
+    python -P benchmarks/server_vs_engine.py --kv-cache-memory-gb 1   # large demo model, bfloat16
+    python -P benchmarks/server_vs_engine.py --demo-size tiny --dtype float32   # overhead-bound case
     python benchmarks/server_vs_engine.py --model-path DIR --device cuda --concurrency 64
 """
 
@@ -27,10 +28,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 from fleetserve.runtime.engine.async_engine import AsyncEngine
 from fleetserve.runtime.engine.config import EngineConfig
+from fleetserve.runtime.engine.torch_thread import TorchThread
 from fleetserve.runtime.engine.types import SamplingParams
 
 
@@ -90,18 +93,19 @@ async def run_engine(engine: AsyncEngine, prompts: list[list[int]], output_len: 
     return RunResult("engine", wall, sum(r[1] for r in results), [r[0] for r in results], cpu)
 
 
-async def stream_one(client: httpx.AsyncClient, prompt: list[int], output_len: int) -> tuple[float, int]:
+async def stream_one(session: aiohttp.ClientSession, base_url: str, prompt: list[int],
+                     output_len: int) -> tuple[float, int]:
     body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}
     start, first, tokens = time.perf_counter(), None, 0
-    async with client.stream("POST", "/v1/completions", json=body) as response:
+    async with session.post(f"{base_url}/v1/completions", json=body) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():  # kept light: the client shares the CPU with the server
-            if not line.startswith("data: {"):
+        async for line in response.content:  # kept light: the client shares the CPU with the server
+            if not line.startswith(b"data: {"):
                 continue
             if first is None:
                 first = time.perf_counter() - start
-            if '"usage":{' in line:
+            if b'"usage":{' in line:
                 tokens = json.loads(line[6:])["usage"]["completion_tokens"]
     return first or 0.0, tokens
 
@@ -116,11 +120,13 @@ def process_cpu_s(pid: int) -> float:
 
 
 async def run_server(base_url: str, pid: int, prompts: list[list[int]], output_len: int) -> RunResult:
-    limits = httpx.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=600) as client:
-        await stream_one(client, prompts[0][:8], 2)  # warm-up: connection, first step
+    # aiohttp (as `fleetserve bench` uses): on this 2-core machine the client's own CPU is taken from the
+    # server, and aiohttp's streaming costs about half of httpx's per chunk
+    connector = aiohttp.TCPConnector(limit=len(prompts))
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await stream_one(session, base_url, prompts[0][:8], 2)  # warm-up: connection, first step
         t0, cpu0, client_cpu0 = time.perf_counter(), process_cpu_s(pid), time.process_time()
-        results = await asyncio.gather(*(stream_one(client, p, output_len) for p in prompts))
+        results = await asyncio.gather(*(stream_one(session, base_url, p, output_len) for p in prompts))
         wall, cpu = time.perf_counter() - t0, process_cpu_s(pid) - cpu0
         client_cpu = time.process_time() - client_cpu0
     result = RunResult("server", wall, sum(r[1] for r in results), [r[0] for r in results], cpu)
@@ -150,9 +156,10 @@ def start_server(flags: list[str]) -> tuple[subprocess.Popen, str]:
     raise SystemExit("fleetserve serve did not start")
 
 
-async def compare(args: argparse.Namespace, url: str, pid: int, vocab: int) -> tuple[list[RunResult], list[RunResult]]:
+async def compare(args: argparse.Namespace, url: str, pid: int, vocab: int,
+                  worker: TorchThread) -> tuple[list[RunResult], list[RunResult]]:
     """Alternate engine and server runs (fresh prompts per round, the same for both sides)."""
-    engine = AsyncEngine.from_config(engine_config(args, args.model_path))
+    engine = AsyncEngine.from_config(engine_config(args, args.model_path), worker)
     await engine.start()
     engine_runs, server_runs = [], []
     try:
@@ -175,9 +182,12 @@ def median_run(runs: list[RunResult]) -> RunResult:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-path", help="default: the demo model")
+    p.add_argument("--model-path", help="default: the demo model of --demo-size")
+    p.add_argument("--demo-size", default="large", choices=["tiny", "small", "large"],
+                   help="demo model size when no --model-path (default large: 57 M parameters, where the model's "
+                        "compute matters; tiny shows the per-token HTTP overhead alone)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--dtype", default="bfloat16", help="default bfloat16 (auto: float32 on CPU)")
     p.add_argument("--kv-cache-memory-gb", type=float, default=None)
     p.add_argument("--concurrency", type=int, default=64, help="concurrent requests (streams)")
     p.add_argument("--input-len", type=int, default=128)
@@ -189,16 +199,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # all torch work of this process on the engine's thread, as in `fleetserve serve` (torch_thread.py):
+    # writing the demo model on the main thread would slow the engine side down by a second OpenMP team
+    worker = TorchThread("fleetserve-engine")
     if args.model_path is None:
         from fleetserve.runtime.demo import default_demo_model_dir
 
-        args.model_path = str(default_demo_model_dir())
+        args.model_path = worker.call(lambda: str(default_demo_model_dir(size=args.demo_size)))
     vocab = json.loads(Path(args.model_path, "config.json").read_text())["vocab_size"]
     print(f"workload: {args.concurrency} concurrent requests, {args.input_len} prompt + {args.output_len} output "
           f"tokens each, {args.repeats} rounds, model {args.model_path}, device {args.device}")
     proc, url = start_server(engine_flags(args, args.model_path))
     try:
-        engine_runs, server_runs = asyncio.run(compare(args, url, proc.pid, vocab))
+        engine_runs, server_runs = asyncio.run(compare(args, url, proc.pid, vocab, worker))
     finally:
         proc.terminate()
         proc.wait(30)
