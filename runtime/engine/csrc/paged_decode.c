@@ -122,56 +122,38 @@ static inline const uint16_t *row_of(const uint16_t *cache, const int32_t *pages
 DEFINE_FAST_D(64)
 DEFINE_FAST_D(128)
 
-typedef void (*qk_fn)(const uint16_t *, const int32_t *, int32_t, int64_t, int32_t, const float *, int32_t, float *);
-typedef void (*v_fn)(const uint16_t *, const int32_t *, int32_t, int64_t, int32_t, const float *, int32_t, float *);
+typedef void (*head_fn)(const uint16_t *, const int32_t *, int32_t, int64_t, int32_t, const float *, int32_t,
+                        float *);
 #define FAST_TABLE(KIND, D) {KIND##_1_##D, KIND##_2_##D, KIND##_3_##D, KIND##_4_##D, \
                              KIND##_5_##D, KIND##_6_##D, KIND##_7_##D, KIND##_8_##D}
-static const qk_fn QK64[8] = FAST_TABLE(qk, 64), QK128[8] = FAST_TABLE(qk, 128);
-static const v_fn V64[8] = FAST_TABLE(v, 64), V128[8] = FAST_TABLE(v, 128);
+static const head_fn QK64[8] = FAST_TABLE(qk, 64), QK128[8] = FAST_TABLE(qk, 128);
+static const head_fn V64[8] = FAST_TABLE(v, 64), V128[8] = FAST_TABLE(v, 128);
 
-static int fast_shape(int32_t group, int32_t D) { return group >= 1 && group <= 8 && (D == 64 || D == 128); }
-
-static int qk_fast_bf16(const uint16_t *k_cache, const int32_t *pages, int32_t page_size, int64_t row_len,
-                        int32_t num_kv_heads, int32_t group, int32_t D, const float *qf, int32_t len, float *scores) {
-    if (!fast_shape(group, D)) return 0;
-    const qk_fn f = (D == 64 ? QK64 : QK128)[group - 1];
+/* Runs the specialised pass for each KV head (input and output advanced by their per-head steps);
+ * 0 when no specialisation fits the shape. */
+static int per_kv_head(const head_fn *for64, const head_fn *for128, const uint16_t *cache, const int32_t *pages,
+                       int32_t page_size, int64_t row_len, int32_t num_kv_heads, int32_t group, int32_t D,
+                       const float *in, int64_t in_step, int32_t len, float *out, int64_t out_step) {
+    if (group < 1 || group > 8 || (D != 64 && D != 128)) return 0;
+    const head_fn f = (D == 64 ? for64 : for128)[group - 1];
     for (int32_t h = 0; h < num_kv_heads; h++)
-        f(k_cache, pages, page_size, row_len, h, qf + (int64_t)h * group * D, len, scores + (int64_t)h * group * len);
+        f(cache, pages, page_size, row_len, h, in + h * in_step, len, out + h * out_step);
     return 1;
 }
 
-static int v_fast_bf16(const uint16_t *v_cache, const int32_t *pages, int32_t page_size, int64_t row_len,
-                       int32_t num_kv_heads, int32_t group, int32_t D, const float *p, int32_t len, float *acc) {
-    if (!fast_shape(group, D)) return 0;
-    const v_fn f = (D == 64 ? V64 : V128)[group - 1];
-    for (int32_t h = 0; h < num_kv_heads; h++)
-        f(v_cache, pages, page_size, row_len, h, p + (int64_t)h * group * len, len, acc + (int64_t)h * group * D);
-    return 1;
-}
-#else
-static int qk_fast_bf16(const uint16_t *k, const int32_t *pg, int32_t ps, int64_t rl, int32_t hkv, int32_t g,
-                        int32_t d, const float *qf, int32_t len, float *s) {
-    (void)k; (void)pg; (void)ps; (void)rl; (void)hkv; (void)g; (void)d; (void)qf; (void)len; (void)s;
-    return 0;
-}
-static int v_fast_bf16(const uint16_t *v, const int32_t *pg, int32_t ps, int64_t rl, int32_t hkv, int32_t g,
-                       int32_t d, const float *p, int32_t len, float *acc) {
-    (void)v; (void)pg; (void)ps; (void)rl; (void)hkv; (void)g; (void)d; (void)p; (void)len; (void)acc;
-    return 0;
-}
+/* scores [Hq, len] from the scaled queries; acc [Hq, D] from the probabilities */
+#define qk_fast_bf16(k, pg, ps, rl, hkv, g, d, qf, len, scores) \
+    per_kv_head(QK64, QK128, k, pg, ps, rl, hkv, g, d, qf, (int64_t)(g) * (d), len, scores, (int64_t)(g) * (len))
+#define v_fast_bf16(v, pg, ps, rl, hkv, g, d, p, len, acc) \
+    per_kv_head(V64, V128, v, pg, ps, rl, hkv, g, d, p, (int64_t)(g) * (len), len, acc, (int64_t)(g) * (d))
 #endif
 
-/* float32 has no fast path: its generic loops already run near memory bandwidth. */
-static inline int qk_fast_f32(const float *k, const int32_t *pg, int32_t ps, int64_t rl, int32_t hkv, int32_t g,
-                              int32_t d, const float *qf, int32_t len, float *s) {
-    (void)k; (void)pg; (void)ps; (void)rl; (void)hkv; (void)g; (void)d; (void)qf; (void)len; (void)s;
-    return 0;
-}
-static inline int v_fast_f32(const float *v, const int32_t *pg, int32_t ps, int64_t rl, int32_t hkv, int32_t g,
-                             int32_t d, const float *p, int32_t len, float *acc) {
-    (void)v; (void)pg; (void)ps; (void)rl; (void)hkv; (void)g; (void)d; (void)p; (void)len; (void)acc;
-    return 0;
-}
+/* No fast path (float32, whose generic loops already run near memory bandwidth, or no AVX-512). */
+#define NO_FAST_PATH(...) 0
+#if !defined(__AVX512F__)
+#define qk_fast_bf16 NO_FAST_PATH
+#define v_fast_bf16 NO_FAST_PATH
+#endif
 
 #define DEFINE_PAGED_DECODE(NAME, T, LOAD, STORE, QK_FAST, V_FAST)                                                  \
     int NAME(const T *q, const T *k_cache, const T *v_cache, const int32_t *page_table,          \
@@ -237,5 +219,5 @@ static inline int v_fast_f32(const float *v, const int32_t *pg, int32_t ps, int6
         return failed;                                                                            \
     }
 
-DEFINE_PAGED_DECODE(paged_decode_f32, float, load_f32, store_f32, qk_fast_f32, v_fast_f32)
+DEFINE_PAGED_DECODE(paged_decode_f32, float, load_f32, store_f32, NO_FAST_PATH, NO_FAST_PATH)
 DEFINE_PAGED_DECODE(paged_decode_bf16, uint16_t, load_bf16, store_bf16, qk_fast_bf16, v_fast_bf16)
