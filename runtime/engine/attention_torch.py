@@ -46,7 +46,9 @@ class _Group:
     shared_pages: torch.Tensor | None  # pages every sequence of the group starts with (cascade)
     own_pages: torch.Tensor  # [B * num_own_pages] each sequence's remaining pages, padded with page 0
     num_own_pages: int
-    mask: torch.Tensor  # [B, 1, Qmax, num_own_pages * page_size] over the own pages, True = attend
+    # [B, 1, Qmax, num_own_pages * page_size] over the own pages: True = attend, or for a cascade group
+    # additive (0 / -inf, the cache's dtype) as the flash kernel returning log-sum-exps wants it
+    mask: torch.Tensor
 
 
 @dataclass(slots=True)
@@ -176,6 +178,8 @@ class TorchAttentionBackend:
         key_abs = common * ps + torch.arange(num_own * ps)
         mask = key_abs[None, None, :] <= q_abs[:, :, None]
         mask[:, :, 0] |= ~q_valid  # padded query rows see one key so a softmax never divides by zero
+        if common:
+            mask = torch.zeros(mask.shape, dtype=self.kv_cache[0].dtype).masked_fill_(~mask, float("-inf"))
         shared = torch.tensor(layout.page_tables[seqs[0]][:common], dtype=torch.long).to(dev) if common else None
         return _Group(q_index.to(dev), q_valid.flatten().nonzero().squeeze(1).to(dev), q_index[q_valid].to(dev),
                       shared, own.flatten().to(dev), num_own, mask.unsqueeze(1).to(dev))
@@ -186,8 +190,11 @@ class TorchAttentionBackend:
         k_cache.view(-1, heads, dim).index_copy_(0, self._slots, k)
         v_cache.view(-1, heads, dim).index_copy_(0, self._slots, v)
         out = torch.empty_like(q)
-        if self.decode_kernel is not None:
-            self._decode_in_place(self.decode_kernel, q, k_cache, v_cache, out)
+        decodes, kernel = self._kernel_decodes, self.decode_kernel
+        if decodes is not None and kernel is not None:
+            o, _ = kernel(q.index_select(0, decodes.q_index), k_cache, v_cache, decodes.page_table, decodes.kv_lens,
+                          self.scale)
+            out.index_copy_(0, decodes.q_index, o)
         for one in self._singles:
             # 4-D [1, H, L, D] views: SDPA's CPU flash kernel takes them; 3-D inputs fall back to the math path
             ks, vs = (_gather(cache, one.pages, 1)[:, : one.kv_len].transpose(1, 2) for cache in (k_cache, v_cache))
@@ -210,25 +217,17 @@ class TorchAttentionBackend:
             out.index_copy_(0, g.out_index, rows.to(q.dtype))
         return out
 
-    def _decode_in_place(self, kernel: PagedDecodeKernel, q: torch.Tensor, k_cache: torch.Tensor,
-                         v_cache: torch.Tensor, out: torch.Tensor) -> None:
-        decodes = self._kernel_decodes
-        if decodes is not None:
-            o, _ = kernel(q.index_select(0, decodes.q_index), k_cache, v_cache, decodes.page_table, decodes.kv_lens,
-                          self.scale)
-            out.index_copy_(0, decodes.q_index, o)
-
     def _cascade(self, q: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, ko: torch.Tensor, vo: torch.Tensor,
                  mask: torch.Tensor) -> torch.Tensor:
-        """Attention over shared keys (ks/vs, seen by every query) and own keys (ko/vo, masked) -> [B, Qmax, Hq, D]."""
+        """Attention over shared keys (ks/vs, seen by every query) and own keys (ko/vo, under the additive mask
+        [B, 1, Qmax, L]) -> [B, Qmax, Hq, D]."""
         b, q_max, hq, d = q.shape
         hkv = ks.shape[1]
         g = hq // hkv
         # rows of one KV head: its G query heads x Qmax positions, so no KV is repeated for GQA
         qh = q.view(b, q_max, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * q_max, d)
         o_sh, lse_sh = _shared_part(qh, ks, vs, self.scale)
-        additive = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
-        additive = additive.unsqueeze(2).expand(b, 1, g, q_max, mask.shape[-1]).reshape(b, 1, g * q_max, -1)
+        additive = mask.unsqueeze(2).expand(b, 1, g, q_max, mask.shape[-1]).reshape(b, 1, g * q_max, -1)
         o_own, lse_own = _flash_with_lse(qh, ko.transpose(1, 2), vo.transpose(1, 2), self.scale, additive)
         o = _merge(o_sh, lse_sh, o_own, lse_own)  # [B, Hkv, G*Qmax, D]
         return o.view(b, hkv, g, q_max, d).permute(0, 3, 1, 2, 4).reshape(b, q_max, hq, d)
