@@ -64,13 +64,6 @@ class _OutputSlot:
         raise self.error
 
 
-def _build(config: EngineConfig) -> LLMEngine:
-    engine = LLMEngine.from_config(config)
-    if config.warm_up:
-        engine.warm_up()
-    return engine
-
-
 class AsyncEngine:
     def __init__(self, engine: LLMEngine, worker: TorchThread | None = None):
         """`worker`: the thread the engine was built on, which will also step it (default: a new one)."""
@@ -91,7 +84,7 @@ class AsyncEngine:
         building raises."""
         worker = worker or TorchThread("fleetserve-engine")
         try:
-            engine = worker.call(lambda: _build(config))
+            engine = worker.call(lambda: LLMEngine.from_config(config))
         except BaseException:
             worker.stop()
             raise

@@ -39,7 +39,7 @@ class EngineConfig:
     num_pages: int | None = None  # exact page count (tests); wins over kv_cache_memory_gb
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"  # auto | torch | flashinfer
-    warm_up: bool = False  # AsyncEngine.from_config runs LLMEngine.warm_up() (the server turns it on)
+    warm_up: bool = False  # building the engine ends with LLMEngine.warm_up() (the server turns it on)
 
 
 @dataclass(slots=True)

@@ -260,7 +260,7 @@ class LLMEngine:
             self.add_request(f"__warmup-{i}", prompt, params)
         while self.has_unfinished_requests():
             self.step()
-        self.pool.reset_prefix_cache()
+        self.reset_prefix_cache()
         self.pool.num_queries = self.pool.num_hits = 0
         self.scheduler.num_preemptions = 0
 

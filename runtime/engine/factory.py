@@ -71,4 +71,7 @@ def build_engine(config: EngineConfig) -> LLMEngine:
     runner = ModelRunner(model, backend, config.page_size, device)
     pool = PagePool(num_pages, config.page_size, config.enable_prefix_caching)
     logger.info("loaded %s (%s, %s) on %s", model_dir, model_config.architecture, model_config.dtype, device)
-    return LLMEngine(model_config, config, tokenizer, runner, pool)
+    engine = LLMEngine(model_config, config, tokenizer, runner, pool)
+    if config.warm_up:
+        engine.warm_up()
+    return engine

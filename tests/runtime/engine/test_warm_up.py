@@ -45,3 +45,11 @@ def test_warm_up_refuses_a_busy_engine(demo_model):
     eng.add_request("busy", [1, 2, 3], SamplingParams(max_tokens=2))
     with pytest.raises(EngineError, match="idle"):
         eng.warm_up()
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_the_config_flag_decides_whether_building_warms_up(demo_model, monkeypatch, warm):
+    calls = []
+    monkeypatch.setattr(LLMEngine, "warm_up", lambda self: calls.append(self))
+    eng = engine(demo_model, warm_up=warm)
+    assert calls == ([eng] if warm else [])
