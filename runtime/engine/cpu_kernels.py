@@ -104,8 +104,11 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build(cc: str, target: Path) -> None:
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+def _compiler_version(cc: str) -> str:
+    return subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+
+
+def _build(cc: str, version: str, target: Path) -> None:
     logger.info("compiling %s with %s (%s)", SOURCE.name, cc, version.splitlines()[0] if version else "?")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
@@ -121,9 +124,8 @@ def _build(cc: str, target: Path) -> None:
             os.unlink(scratch)
 
 
-def shared_object_path(cc: str) -> Path:
-    """Where the build for this source, compiler, flags and CPU is cached."""
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+def shared_object_path(cc: str, version: str) -> Path:
+    """Where the build for this source, compiler (`cc --version` output), flags and CPU is cached."""
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), cc.encode(), version.encode(), " ".join(CFLAGS + LIBS).encode(),
                  _cpu_signature().encode()):
@@ -143,9 +145,10 @@ def load() -> PagedDecodeKernel | None:
         logger.warning("no C compiler found (set CC): decode attention on CPU uses the slower gather + SDPA path")
         return None
     try:
-        path = shared_object_path(cc)
+        version = _compiler_version(cc)
+        path = shared_object_path(cc, version)
         if not path.exists():
-            _build(cc, path)
+            _build(cc, version, path)
         return PagedDecodeKernel(ctypes.CDLL(str(path)))
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
         logger.warning("native CPU kernel unavailable (%s): decode attention uses gather + SDPA", exc)
