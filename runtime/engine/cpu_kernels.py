@@ -108,13 +108,13 @@ def _compiler_version(cc: str) -> str:
     return subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
 
 
-def _build(cc: str, version: str, target: Path) -> None:
+def _build(cc: str, version: str, target: Path, extra_flags: tuple[str, ...] = ()) -> None:
     logger.info("compiling %s with %s (%s)", SOURCE.name, cc, version.splitlines()[0] if version else "?")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([cc, *CFLAGS, "-o", scratch, str(SOURCE), *LIBS], capture_output=True, text=True,
+        result = subprocess.run([cc, *CFLAGS, *extra_flags, "-o", scratch, str(SOURCE), *LIBS], capture_output=True, text=True,
                                 check=False, timeout=300)
         if result.returncode != 0:
             raise RuntimeError(f"{cc} exited with {result.returncode}: {result.stderr.strip()[-2000:]}")
@@ -124,10 +124,10 @@ def _build(cc: str, version: str, target: Path) -> None:
             os.unlink(scratch)
 
 
-def shared_object_path(cc: str, version: str) -> Path:
+def shared_object_path(cc: str, version: str, extra_flags: tuple[str, ...] = ()) -> Path:
     """Where the build for this source, compiler (`cc --version` output), flags and CPU is cached."""
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), cc.encode(), version.encode(), " ".join(CFLAGS + LIBS).encode(),
+    for part in (SOURCE.read_bytes(), cc.encode(), version.encode(), " ".join(CFLAGS + extra_flags + LIBS).encode(),
                  _cpu_signature().encode()):
         key.update(part)
         key.update(b"\0")
@@ -145,11 +145,20 @@ def load() -> PagedDecodeKernel | None:
         logger.warning("no C compiler found (set CC): decode attention on CPU uses the slower gather + SDPA path")
         return None
     try:
-        version = _compiler_version(cc)
-        path = shared_object_path(cc, version)
-        if not path.exists():
-            _build(cc, version, path)
-        return PagedDecodeKernel(ctypes.CDLL(str(path)))
+        return build(cc)
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
         logger.warning("native CPU kernel unavailable (%s): decode attention uses gather + SDPA", exc)
         return None
+
+
+def build(cc: str, extra_flags: tuple[str, ...] = ()) -> PagedDecodeKernel:
+    """Compiles (or reuses the cached build) and loads the kernel; raises what compiling or loading raises.
+
+    `extra_flags` go after the usual ones: the tests build ``-mno-avx512bf16`` and ``-mno-avx512f``
+    variants so every path of the source runs on a machine that has AVX512-BF16.
+    """
+    version = _compiler_version(cc)
+    path = shared_object_path(cc, version, extra_flags)
+    if not path.exists():
+        _build(cc, version, path, extra_flags)
+    return PagedDecodeKernel(ctypes.CDLL(str(path)))

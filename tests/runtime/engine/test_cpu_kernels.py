@@ -15,11 +15,25 @@ HAS_COMPILER = cpu_kernels._compiler() is not None
 needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
 
 
+# The source's paths, each forced on in turn where the CPU has the instructions: the blocked AVX-512 path
+# with bfloat16 dot products (AVX512-BF16), the same converting bfloat16 to float32, and the generic loops.
+VARIANTS = {"native": (), "no-avx512bf16": ("-mno-avx512bf16",), "generic": ("-mno-avx512f",)}
+
+
 @pytest.fixture(scope="module")
 def kernel():
     loaded = cpu_kernels.load()
     assert loaded is not None, "a C compiler is installed, so the kernel must build (see the warning logged)"
     return loaded
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def variant(request):
+    if request.param == "native":
+        return request.getfixturevalue("kernel")
+    cc = cpu_kernels._compiler()
+    assert cc is not None
+    return cpu_kernels.build(cc, VARIANTS[request.param])
 
 
 def direct(q, k_cache, v_cache, tables, lens, scale):
@@ -72,9 +86,9 @@ def random_case(seed, num_seqs, hq, hkv, d, page_size, max_len, dtype, shared_pa
                                                            (6, 3, 80, 4), (2, 1, 16, 1), (32, 8, 128, 32),
                                                            (14, 2, 64, 16), (16, 2, 128, 8), (20, 2, 64, 16)])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
-def test_kernel_matches_direct_attention(kernel, hq, hkv, d, page_size, dtype, tol):
+def test_kernel_matches_direct_attention(variant, hq, hkv, d, page_size, dtype, tol):
     q, k_cache, v_cache, tables, lens, table = random_case(hq * d + page_size, 9, hq, hkv, d, page_size, 300, dtype)
-    got, lse = kernel(q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32), d**-0.5)
+    got, lse = variant(q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32), d**-0.5)
     expected = direct(q, k_cache, v_cache, tables, lens, d**-0.5)
     assert got.dtype == dtype and lse.shape == q.shape[:2]
     torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
@@ -82,11 +96,12 @@ def test_kernel_matches_direct_attention(kernel, hq, hkv, d, page_size, dtype, t
 
 
 @needs_kernel
-def test_kernel_reads_shared_pages_and_sharp_softmax(kernel):
-    q, k_cache, v_cache, tables, lens, table = random_case(7, 5, 8, 2, 64, 16, 200, torch.float32, shared_pages=3)
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
+def test_kernel_reads_shared_pages_and_sharp_softmax(variant, dtype, tol):
+    q, k_cache, v_cache, tables, lens, table = random_case(7, 5, 8, 2, 64, 16, 200, dtype, shared_pages=3)
     q = q * 40  # near one-hot attention: exp() far into its range
-    got, _ = kernel(q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32), 0.125)
-    torch.testing.assert_close(got.double(), direct(q, k_cache, v_cache, tables, lens, 0.125), atol=2e-5, rtol=2e-5)
+    got, _ = variant(q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32), 0.125)
+    torch.testing.assert_close(got.double(), direct(q, k_cache, v_cache, tables, lens, 0.125), atol=tol, rtol=tol)
 
 
 @needs_kernel
