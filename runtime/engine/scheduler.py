@@ -78,17 +78,24 @@ class Scheduler:
         return True
 
     def _admit_waiting(self, budget: int, scheduled: list[ScheduledSequence]) -> None:
+        prefilling = [seq for seq in self.running if seq.num_computed_tokens + 1 < seq.num_tokens]
         for seq in list(self.waiting):
             if budget <= 0 or len(self.running) >= self.max_running:
                 return
             if seq.is_blocked:
                 continue
-            if seq.num_computed_tokens == 0 and not seq.wants_prompt_logprobs:
+            matched = seq.num_computed_tokens == 0 and not seq.wants_prompt_logprobs
+            if matched:
                 self._match_prefix(seq)
+                if self._page_being_computed(seq, prefilling):
+                    self._free(seq)  # next step it finds that page (and maybe more) in the cache
+                    continue
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if not self.pool.can_allocate(self._pages_needed(seq, num_new)):
                 self._free(seq)
                 return  # first come, first served: nobody overtakes a sequence that does not fit
+            if matched:
+                self.pool.record_lookup(seq.num_tokens - 1, seq.num_computed_tokens)
             self._grow(seq, num_new)
             self.waiting.remove(seq)
             self.running.append(seq)
@@ -98,14 +105,39 @@ class Scheduler:
             seq.was_scheduled = True
             scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
+            if seq.num_computed_tokens + 1 < seq.num_tokens:
+                prefilling.append(seq)
 
     def _match_prefix(self, seq: Sequence) -> None:
         lookup = seq.token_ids[:-1]  # at least one token must be computed to get logits
         match = self.pool.match_prefix(lookup, seq.request.cache_key)
-        self.pool.record_lookup(len(lookup), len(match.pages) * self.pool.page_size)
         seq.page_ids = match.pages
         seq.cache_nodes = match.nodes
         seq.num_computed_tokens = len(match.pages) * self.pool.page_size
+
+    def _page_being_computed(self, seq: Sequence, prefilling: list[Sequence]) -> bool:
+        """Whether a sequence still in its prefill will compute the first page `seq` missed in the cache.
+
+        Then `seq` waits a step instead of computing the same page beside it (the requests of a shared
+        system prompt arriving together, the n choices of one request); SGLang's scheduler does the same.
+        Only sequences on the same cached path qualify: same pages so far (or both at the root with the
+        same adapter) and the same tokens in that page.
+        """
+        if not self.pool.enable_prefix_caching:
+            return False
+        ps, start = self.pool.page_size, seq.num_computed_tokens
+        end, k = start + ps, start // ps
+        if end > seq.num_tokens - 1:
+            return False  # no full page left that the cache could give it
+        page = seq.token_ids[start:end]
+        for other in prefilling:
+            if other.num_computed_tokens >= end or other.num_tokens < end or other.token_ids[start:end] != page:
+                continue
+            if k == 0 and other.request.cache_key == seq.request.cache_key:
+                return True
+            if k > 0 and len(other.cache_nodes) >= k and other.cache_nodes[k - 1] == seq.cache_nodes[k - 1]:
+                return True
+        return False
 
     def finish_step(self, scheduled: list[ScheduledSequence]) -> None:
         """Marks the batch's tokens computed and publishes pages that became full."""

@@ -11,8 +11,8 @@ from fleetserve.runtime.engine.sequence import Request, Sequence
 from fleetserve.runtime.engine.types import SamplingParams
 
 
-def make_seq(tokens: list[int], rid: str = "r") -> Sequence:
-    req = Request(rid, tokens, SamplingParams(max_tokens=8))
+def make_seq(tokens: list[int], rid: str = "r", lora_name: str | None = None) -> Sequence:
+    req = Request(rid, tokens, SamplingParams(max_tokens=8), lora_name=lora_name)
     detok = IncrementalDetokenizer.__new__(IncrementalDetokenizer)  # the scheduler never decodes
     seq = Sequence(req, 0, detok, list(tokens))
     req.sequences.append(seq)
@@ -64,6 +64,57 @@ def test_running_cap_holds_back_waiting_sequences():
     for i in range(3):
         sched.add(make_seq([i, i, i], f"r{i}"))
     assert len(sched.schedule().scheduled) == 2 and sched.num_waiting == 1
+
+
+def run_step(sched: Scheduler) -> list[tuple[Sequence, int]]:
+    """One step: what was scheduled (sequence, new tokens); sampled tokens are appended (token 0)."""
+    out = sched.schedule()
+    sampling = [item.seq for item in out.scheduled if item.samples]
+    sched.finish_step(out.scheduled)
+    for seq in sampling:
+        seq.token_ids.append(0)
+    return [(item.seq, item.num_new_tokens) for item in out.scheduled]
+
+
+def test_a_page_another_prefill_is_computing_is_waited_for_not_recomputed():
+    """Requests of one system prompt arriving together: the first computes the shared pages, the others
+    wait one step and find them in the cache; a request with another prompt is not held back."""
+    pool = PagePool(num_pages=32, page_size=4)
+    sched = Scheduler(pool, max_num_batched_tokens=100, max_running=8)
+    system = list(range(1, 13))  # 3 pages
+    a, b, c = make_seq(system + [50, 51], "a"), make_seq(system + [60], "b"), make_seq([7] * 9, "c")
+    d = make_seq(system[:4] + [99] * 8, "d")  # shares only the first page
+    for seq in (a, b, c, d):
+        sched.add(seq)
+    assert run_step(sched) == [(a, 14), (c, 9)]
+    assert pool.num_queries == 13 + 8 and pool.num_hits == 0  # looked up once, when admitted
+    assert run_step(sched) == [(a, 1), (c, 1), (b, 1), (d, 8)]  # b: 12 cached tokens, d: 4
+    assert b.request.num_cached_tokens == 12 and d.request.num_cached_tokens == 4
+    assert pool.num_queries == 13 + 8 + 12 + 11 and pool.num_hits == 16
+
+
+def test_waiting_for_a_page_follows_a_chunked_prefill():
+    pool = PagePool(num_pages=32, page_size=4)
+    sched = Scheduler(pool, max_num_batched_tokens=6, max_running=8)
+    system = list(range(1, 17))
+    a, b = make_seq(system + [50], "a"), make_seq(system + [60], "b")
+    sched.add(a)
+    sched.add(b)
+    steps = [run_step(sched) for _ in range(4)]
+    assert steps == [[(a, 6)], [(a, 6)], [(a, 5)], [(a, 1), (b, 1)]]  # b waits while a computes its pages
+    assert b.request.num_cached_tokens == 16
+
+
+@pytest.mark.parametrize("case", ["other adapter", "no prefix cache"])
+def test_no_waiting_where_the_cache_could_not_serve_the_page(case):
+    pool = PagePool(num_pages=32, page_size=4, enable_prefix_caching=case != "no prefix cache")
+    sched = Scheduler(pool, max_num_batched_tokens=100, max_running=8)
+    system = list(range(1, 13))
+    a = make_seq(system + [50], "a")
+    b = make_seq(system + [60], "b", lora_name="sql" if case == "other adapter" else None)
+    sched.add(a)
+    sched.add(b)
+    assert run_step(sched) == [(a, 13), (b, 13)]
 
 
 def test_prefix_match_is_exact_and_chained():
