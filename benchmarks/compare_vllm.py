@@ -15,6 +15,9 @@ next to their run-to-run noise.
 
     bash benchmarks/setup_vllm.sh
     python benchmarks/compare_vllm.py --sizes large,tiny --num-prompts 32 --cross-check
+
+Each workload runs --repeats times (default 3, seeds 0, 1, 2: other prompts and system prompts each
+time) on each server; the tables give the medians and each seed's ratio.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class Settings:
     request_timeout_s: float
     cross_check: bool
     servers: list[str]
+    repeats: int
 
 
 class Server(NamedTuple):
@@ -100,15 +104,16 @@ def server_for(name: str, checkpoint: Path, settings: Settings) -> Server:
     return Server(name, command, {})
 
 
-def bench_workloads(settings: Settings) -> dict[str, list[str]]:
-    """`fleetserve bench` arguments for each workload (besides server, model and output)."""
+def bench_workloads(settings: Settings, seed: int = 0) -> dict[str, list[str]]:
+    """`fleetserve bench` arguments for each workload (besides server, model and output). Each seed is
+    another set of prompts (other system prompts too), so a repeat never hits the previous one's cache."""
     per_group = max(1, settings.num_prompts // 4)
     load = [
         "--max-concurrency",
         str(settings.concurrency),
         "--ignore-eos",
         "--seed",
-        "0",
+        str(seed),
         "--warmup-requests",
         "2",
     ]
@@ -211,11 +216,14 @@ def measure_server(name: str, checkpoint: Path, size: str, settings: Settings) -
         print(f"!! {error}", file=sys.stderr)
         return results
     try:
-        for workload, args in bench_workloads(settings).items():
-            print(f"== {size}: {name} / {workload}", flush=True)
-            results[workload] = run_fleetserve_bench(
-                args, checkpoint, settings.work_dir / f"{tag}-{workload}.json", settings
-            )
+        runs: dict[str, list[dict]] = {workload: [] for workload in bench_workloads(settings)}
+        for seed in range(settings.repeats):
+            for workload, args in bench_workloads(settings, seed).items():
+                print(f"== {size}: {name} / {workload} / seed {seed}", flush=True)
+                output = settings.work_dir / f"{tag}-{workload}-seed{seed}.json"
+                runs[workload].append(run_fleetserve_bench(args, checkpoint, output, settings))
+        for workload, summaries in runs.items():
+            results[workload] = {**median_summary(summaries), "runs": summaries}
         if settings.cross_check:
             results.update(cross_check(checkpoint, tag, settings))
     finally:
@@ -236,6 +244,17 @@ def cross_check(checkpoint: Path, tag: str, settings: Settings) -> dict[str, dic
         vllm = settings.work_dir / f"{tag}-xcheck-vllm-bench-{attempt}.json"
         results[f"random: vllm bench serve #{attempt}"] = run_vllm_bench(checkpoint, vllm, settings)
     return results
+
+
+def median_summary(runs: list[dict]) -> dict:
+    """Each figure's median over the runs that report it (a failed run reports nothing)."""
+    summary: dict[str, float] = {}
+    for _, key, _ in FIGURES:
+        values = sorted(run[key] for run in runs if isinstance(run.get(key), (int, float)))
+        if values:
+            mid = len(values) // 2
+            summary[key] = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return summary
 
 
 def fmt(value: object) -> str:
@@ -267,6 +286,22 @@ def comparison_table(size: str, workload: str, vllm: dict, fleet: dict) -> str:
         lines.append(
             f"| {label} | {fmt(vllm.get(key))} | {fmt(fleet.get(key))} | {ratio(fleet.get(key), vllm.get(key))} ({better}) |"
         )
+    vllm_runs, fleet_runs = vllm.get("runs", []), fleet.get("runs", [])
+    if len(vllm_runs) > 1 and len(vllm_runs) == len(fleet_runs):
+        lines.append("")
+        lines.append(
+            f"Medians of {len(fleet_runs)} runs (seeds 0–{len(fleet_runs) - 1}); ratio for each seed:"
+        )
+        lines.append("")
+        for label, key in (
+            ("output throughput", "output_throughput"),
+            ("p50 TTFT", "median_ttft_ms"),
+            ("mean TPOT", "mean_tpot_ms"),
+        ):
+            each = ", ".join(
+                ratio(f.get(key), v.get(key)) for f, v in zip(fleet_runs, vllm_runs, strict=True)
+            )
+            lines.append(f"- {label}: {each}")
     return "\n".join(lines)
 
 
@@ -298,6 +333,12 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument(
         "--cross-check", action="store_true", help="also run vllm bench serve (random workload)"
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of each workload per server (seeds 0..n-1); medians reported",
+    )
     args = parser.parse_args(argv)
     return Settings(
         work_dir=args.work_dir.resolve(),
@@ -311,6 +352,7 @@ def parse_args(argv: list[str]) -> Settings:
         request_timeout_s=args.request_timeout,
         cross_check=args.cross_check,
         servers=args.servers.split(","),
+        repeats=max(1, args.repeats),
     )
 
 
@@ -318,7 +360,16 @@ def write_checkpoint(size: str, settings: Settings) -> Path:
     """The demo checkpoint of `size` (llama arch, seed 0), written once."""
     path = settings.work_dir / f"demo-{size}"
     if not (path / "config.json").exists():
-        command = [sys.executable, "-P", "-m", "fleetserve.runtime.cli", "demo-model", str(path), "--size", size]
+        command = [
+            sys.executable,
+            "-P",
+            "-m",
+            "fleetserve.runtime.cli",
+            "demo-model",
+            str(path),
+            "--size",
+            size,
+        ]
         subprocess.run(command, cwd=settings.work_dir, check=True)
     return path
 
