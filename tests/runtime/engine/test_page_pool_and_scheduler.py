@@ -82,7 +82,7 @@ def test_a_page_another_prefill_is_computing_is_waited_for_not_recomputed():
     pool = PagePool(num_pages=32, page_size=4)
     sched = Scheduler(pool, max_num_batched_tokens=100, max_running=8)
     system = list(range(1, 13))  # 3 pages
-    a, b, c = make_seq(system + [50, 51], "a"), make_seq(system + [60], "b"), make_seq([7] * 9, "c")
+    a, b, c = make_seq([*system, 50, 51], "a"), make_seq([*system, 60], "b"), make_seq([7] * 9, "c")
     d = make_seq(system[:4] + [99] * 8, "d")  # shares only the first page
     for seq in (a, b, c, d):
         sched.add(seq)
@@ -97,7 +97,7 @@ def test_waiting_for_a_page_follows_a_chunked_prefill():
     pool = PagePool(num_pages=32, page_size=4)
     sched = Scheduler(pool, max_num_batched_tokens=6, max_running=8)
     system = list(range(1, 17))
-    a, b = make_seq(system + [50], "a"), make_seq(system + [60], "b")
+    a, b = make_seq([*system, 50], "a"), make_seq([*system, 60], "b")
     sched.add(a)
     sched.add(b)
     steps = [run_step(sched) for _ in range(4)]
@@ -110,8 +110,8 @@ def test_no_waiting_where_the_cache_could_not_serve_the_page(case):
     pool = PagePool(num_pages=32, page_size=4, enable_prefix_caching=case != "no prefix cache")
     sched = Scheduler(pool, max_num_batched_tokens=100, max_running=8)
     system = list(range(1, 13))
-    a = make_seq(system + [50], "a")
-    b = make_seq(system + [60], "b", lora_name="sql" if case == "other adapter" else None)
+    a = make_seq([*system, 50], "a")
+    b = make_seq([*system, 60], "b", lora_name="sql" if case == "other adapter" else None)
     sched.add(a)
     sched.add(b)
     assert run_step(sched) == [(a, 13), (b, 13)]
