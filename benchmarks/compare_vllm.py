@@ -27,6 +27,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -250,10 +251,9 @@ def median_summary(runs: list[dict]) -> dict:
     """Each figure's median over the runs that report it (a failed run reports nothing)."""
     summary: dict[str, float] = {}
     for _, key, _ in FIGURES:
-        values = sorted(run[key] for run in runs if isinstance(run.get(key), (int, float)))
+        values = [run[key] for run in runs if isinstance(run.get(key), (int, float))]
         if values:
-            mid = len(values) // 2
-            summary[key] = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+            summary[key] = statistics.median(values)
     return summary
 
 

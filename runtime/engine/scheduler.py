@@ -78,14 +78,14 @@ class Scheduler:
         return True
 
     def _admit_waiting(self, budget: int, scheduled: list[ScheduledSequence]) -> None:
-        prefilling = [seq for seq in self.running if seq.num_computed_tokens + 1 < seq.num_tokens]
+        prefilling = [seq for seq in self.running if _in_prefill(seq)]
         for seq in list(self.waiting):
             if budget <= 0 or len(self.running) >= self.max_running:
                 return
             if seq.is_blocked:
                 continue
-            matched = seq.num_computed_tokens == 0 and not seq.wants_prompt_logprobs
-            if matched:
+            looks_up = seq.num_computed_tokens == 0 and not seq.wants_prompt_logprobs
+            if looks_up:
                 self._match_prefix(seq)
                 if self._page_being_computed(seq, prefilling):
                     self._free(seq)  # next step it finds that page (and maybe more) in the cache
@@ -94,7 +94,7 @@ class Scheduler:
             if not self.pool.can_allocate(self._pages_needed(seq, num_new)):
                 self._free(seq)
                 return  # first come, first served: nobody overtakes a sequence that does not fit
-            if matched:
+            if looks_up:
                 self.pool.record_lookup(seq.num_tokens - 1, seq.num_computed_tokens)
             self._grow(seq, num_new)
             self.waiting.remove(seq)
@@ -105,7 +105,7 @@ class Scheduler:
             seq.was_scheduled = True
             scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
-            if seq.num_computed_tokens + 1 < seq.num_tokens:
+            if _in_prefill(seq):
                 prefilling.append(seq)
 
     def _match_prefix(self, seq: Sequence) -> None:
@@ -119,7 +119,8 @@ class Scheduler:
         """Whether a sequence still in its prefill will compute the first page `seq` missed in the cache.
 
         Then `seq` waits a step instead of computing the same page beside it (the requests of a shared
-        system prompt arriving together, the n choices of one request); SGLang's scheduler does the same.
+        system prompt arriving together); SGLang's scheduler does the same. The n choices of one request
+        already wait for sequence 0 (Sequence.is_blocked).
         Only sequences on the same cached path qualify: same pages so far (or both at the root with the
         same adapter) and the same tokens in that page.
         """
@@ -175,3 +176,8 @@ class Scheduler:
     @property
     def num_waiting(self) -> int:
         return len(self.waiting)
+
+
+def _in_prefill(seq: Sequence) -> bool:
+    """Prompt tokens (beyond the last one, which every step computes for a decode) still to compute."""
+    return seq.num_computed_tokens + 1 < seq.num_tokens

@@ -79,7 +79,6 @@ static inline float exp_nonpositive(float x) {
  * and that loop alone was a fifth of the kernel's time. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
-#define HAS_BLOCKED_PATH 1
 
 enum { F32 = 0, BF16 = 1 };
 #if defined(__AVX512BF16__)
@@ -167,7 +166,7 @@ static inline __m512 sum16(const __m512 *a) {
     return _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xDD));
 }
 
-/* Address of token t's row (all KV heads) in a cache of `size`-byte elements. */
+/* Address of token t's row (all KV heads, row_bytes long) in the cache. */
 static inline const char *row_of(const void *cache, const int32_t *pages, int32_t page_size, int64_t row_bytes,
                                  int32_t t) {
     return (const char *)cache + ((int64_t)pages[t / page_size] * page_size + t % page_size) * row_bytes;
