@@ -18,9 +18,9 @@ import kopf
 from fleetserve.operator import names
 from fleetserve.operator.config import OperatorConfig
 from fleetserve.operator.kube import KubeClient, KubeError, Ref
-from fleetserve.operator.reconcile import reconcile, refresh_status
+from fleetserve.operator.reconcile.loop import reconcile, refresh_status
 from fleetserve.operator.settings import HANDLER_BACKOFF_SECONDS, configure
-from fleetserve.operator.status import status_changes
+from fleetserve.operator.status.compute import status_changes
 from fleetserve.runtime import wire
 
 RETRY_DELAY_SECONDS = 10

@@ -6,9 +6,9 @@ import pytest
 from chart_helpers import find, objects
 
 from fleetserve.operator import names
-from fleetserve.operator.children import build_children
 from fleetserve.operator.kube import PLURALS
-from fleetserve.operator.meta import Owner
+from fleetserve.operator.manifests.children import build_children
+from fleetserve.operator.manifests.meta import Owner
 from fleetserve.operator.spec import InferenceServiceSpec
 
 SPEC = InferenceServiceSpec.model_validate({"model": {"source": "hf://o/m"}, "ingress": {"host": "h"}})

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetserve.operator import defaults
-from fleetserve.operator.children import build_children, desired_replicas, service_url
-from fleetserve.operator.meta import Owner
-from fleetserve.operator.runtime_manifests import build_runtime_deployment, serve_args
+from fleetserve.operator.manifests.children import build_children, desired_replicas, service_url
+from fleetserve.operator.manifests.meta import Owner
+from fleetserve.operator.manifests.runtime import build_runtime_deployment, serve_args
 from fleetserve.operator.spec import InferenceServiceSpec
 from fleetserve.runtime import wire
 

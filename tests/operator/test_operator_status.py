@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from fleetserve.operator.conditions import ConditionState, merge_conditions
-from fleetserve.operator.status import (
+from fleetserve.operator.status.compute import (
     Observed,
     build_status,
     healthy_conditions,
@@ -11,6 +10,7 @@ from fleetserve.operator.status import (
     replica_fields,
     status_changes,
 )
+from fleetserve.operator.status.conditions import ConditionState, merge_conditions
 
 
 def deployment(replicas=0, ready=0, updated=0, generation=1, observed=1, conditions=()):

@@ -13,20 +13,20 @@ from typing import Any
 import kopf
 
 from fleetserve.operator import names
-from fleetserve.operator.apply import OwnershipConflict, ensure, remove
-from fleetserve.operator.children import build_children, desired_replicas, service_url
-from fleetserve.operator.conditions import DEGRADED, PROGRESSING, READY, ConditionState, now_rfc3339
 from fleetserve.operator.config import OperatorConfig
 from fleetserve.operator.kube import KubeClient, KubeError, Ref
-from fleetserve.operator.meta import Owner
+from fleetserve.operator.manifests.children import build_children, desired_replicas, service_url
+from fleetserve.operator.manifests.meta import Owner
+from fleetserve.operator.reconcile.apply import OwnershipConflict, ensure, remove
 from fleetserve.operator.spec import InferenceServiceSpec
-from fleetserve.operator.status import (
+from fleetserve.operator.status.compute import (
     Observed,
     build_status,
     healthy_conditions,
     invalid_conditions,
     replica_fields,
 )
+from fleetserve.operator.status.conditions import DEGRADED, PROGRESSING, READY, ConditionState, now_rfc3339
 from fleetserve.operator.validation import check_spec
 
 CHILD_CONFLICT = "ChildConflict"  # a child's name is taken by an object this service does not own

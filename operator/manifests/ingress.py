@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fleetserve.operator import defaults, names
-from fleetserve.operator.meta import Manifest, Owner, object_meta
+from fleetserve.operator.manifests.meta import Manifest, Owner, object_meta
 from fleetserve.operator.spec import Ingress
 
 

@@ -6,16 +6,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleetserve.operator import defaults, names
-from fleetserve.operator.ingress_manifests import build_ingress, ingress_url
-from fleetserve.operator.meta import Manifest, Owner
-from fleetserve.operator.router_manifests import (
+from fleetserve.operator.manifests.ingress import build_ingress, ingress_url
+from fleetserve.operator.manifests.meta import Manifest, Owner
+from fleetserve.operator.manifests.router import (
     build_router_deployment,
     build_router_role,
     build_router_role_binding,
     build_router_service,
     build_router_service_account,
 )
-from fleetserve.operator.runtime_manifests import build_runtime_deployment, build_runtime_service
+from fleetserve.operator.manifests.runtime import build_runtime_deployment, build_runtime_service
 from fleetserve.operator.spec import InferenceServiceSpec
 
 

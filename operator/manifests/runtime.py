@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fleetserve.operator import defaults, names
-from fleetserve.operator.meta import Manifest, Owner, object_meta, quantities
+from fleetserve.operator.manifests.meta import Manifest, Owner, object_meta, quantities
+from fleetserve.operator.manifests.pod import PORT_NAME, container_security, http_probe, pod_security
 from fleetserve.operator.sources import HubLocation, Location, PvcLocation, parse_source
 from fleetserve.operator.spec import InferenceServiceSpec, Runtime
 from fleetserve.runtime import wire
 
 CONTAINER = "runtime"
-PORT_NAME = "http"
 
 
 def served_name(spec: InferenceServiceSpec) -> str:
@@ -90,37 +90,13 @@ def _volumes(spec: InferenceServiceSpec) -> tuple[list[dict[str, Any]], list[dic
     return volumes, mounts
 
 
-def _http_probe(period: int, failures: int) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": wire.PATH_HEALTH, "port": PORT_NAME},
-        "periodSeconds": period,
-        "timeoutSeconds": defaults.PROBE_TIMEOUT_SECONDS,
-        "failureThreshold": failures,
-    }
-
-
 def probes(runtime: Runtime) -> dict[str, Any]:
     """Startup allows the whole model load; liveness and readiness only begin after it succeeds."""
     startup_failures = -(-runtime.startup_timeout_seconds // defaults.PROBE_PERIOD_SECONDS)
     return {
-        "startupProbe": _http_probe(defaults.PROBE_PERIOD_SECONDS, startup_failures),
-        "readinessProbe": _http_probe(defaults.READINESS_PERIOD_SECONDS, defaults.READINESS_FAILURE_THRESHOLD),
-        "livenessProbe": _http_probe(defaults.PROBE_PERIOD_SECONDS, defaults.LIVENESS_FAILURE_THRESHOLD),
-    }
-
-
-def container_security() -> dict[str, Any]:
-    # The root filesystem stays writable: torch/triton/flashinfer write JIT caches under $HOME.
-    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
-
-
-def pod_security() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": defaults.RUN_AS_USER,
-        "runAsGroup": defaults.RUN_AS_USER,
-        "fsGroup": defaults.RUN_AS_USER,
-        "seccompProfile": {"type": "RuntimeDefault"},
+        "startupProbe": http_probe(wire.PATH_HEALTH, defaults.PROBE_PERIOD_SECONDS, startup_failures),
+        "readinessProbe": http_probe(wire.PATH_HEALTH, defaults.READINESS_PERIOD_SECONDS, defaults.READINESS_FAILURE_THRESHOLD),
+        "livenessProbe": http_probe(wire.PATH_HEALTH, defaults.PROBE_PERIOD_SECONDS, defaults.LIVENESS_FAILURE_THRESHOLD),
     }
 
 

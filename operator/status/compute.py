@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from fleetserve.operator.conditions import (
+from fleetserve.operator.status.conditions import (
     DEGRADED,
     PROGRESSING,
     READY,

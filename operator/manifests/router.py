@@ -10,13 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from fleetserve.operator import defaults, names
-from fleetserve.operator.meta import Manifest, Owner, object_meta, quantities
-from fleetserve.operator.runtime_manifests import container_security, pod_security
+from fleetserve.operator.manifests.meta import Manifest, Owner, object_meta, quantities
+from fleetserve.operator.manifests.pod import PORT_NAME, container_security, http_probe, pod_security
 from fleetserve.operator.spec import InferenceServiceSpec
 from fleetserve.runtime import wire
 
 CONTAINER = "router"
-PORT_NAME = "http"
 READ_VERBS = ["get", "list", "watch"]
 
 
@@ -39,15 +38,6 @@ def router_resources(spec: InferenceServiceSpec) -> dict[str, Any]:
     }
 
 
-def _probe(period: int, failures: int) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": wire.PATH_HEALTH, "port": PORT_NAME},
-        "periodSeconds": period,
-        "timeoutSeconds": defaults.PROBE_TIMEOUT_SECONDS,
-        "failureThreshold": failures,
-    }
-
-
 def router_container(owner: Owner, spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
     return {
         "name": CONTAINER,
@@ -56,8 +46,8 @@ def router_container(owner: Owner, spec: InferenceServiceSpec, image: str) -> di
         "args": router_args(owner, spec),
         "ports": [{"name": PORT_NAME, "containerPort": wire.ROUTER_PORT, "protocol": "TCP"}],
         "resources": router_resources(spec),
-        "readinessProbe": _probe(defaults.READINESS_PERIOD_SECONDS, defaults.READINESS_FAILURE_THRESHOLD),
-        "livenessProbe": _probe(defaults.PROBE_PERIOD_SECONDS, defaults.LIVENESS_FAILURE_THRESHOLD),
+        "readinessProbe": http_probe(wire.PATH_HEALTH, defaults.READINESS_PERIOD_SECONDS, defaults.READINESS_FAILURE_THRESHOLD),
+        "livenessProbe": http_probe(wire.PATH_HEALTH, defaults.PROBE_PERIOD_SECONDS, defaults.LIVENESS_FAILURE_THRESHOLD),
         "securityContext": container_security() | {"readOnlyRootFilesystem": True},
     }
 

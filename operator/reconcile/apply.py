@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 
 from fleetserve.operator.kube import CONFLICT, NOT_FOUND, KubeClient, KubeError, Obj, Ref
-from fleetserve.operator.meta import Owner
+from fleetserve.operator.manifests.meta import Owner
 
 
 class OwnershipConflict(Exception):
