@@ -14,14 +14,11 @@ from typing import Any
 
 import torch
 
+from fleetserve.runtime.engine.models import DECODER_ARCHITECTURES
 from fleetserve.runtime.engine.types import EngineError
 
-SUPPORTED_ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-}
+# decoders the generation engine serves (the registry also lists encoders, served as embedding models)
+SUPPORTED_ARCHITECTURES = DECODER_ARCHITECTURES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -40,6 +37,13 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"  # auto | torch | flashinfer
     warm_up: bool = False  # building the engine ends with LLMEngine.warm_up() (the server turns it on)
+    # LoRA (docs/lora.md): adapters served only when enable_lora; lora_paths are loaded at start (name -> path)
+    enable_lora: bool = False
+    lora_paths: dict[str, str] = field(default_factory=dict)
+    max_loras_per_batch: int = 8  # device slots: distinct adapters in one step
+    max_loaded_loras: int | None = None  # adapters held on the host; None: no limit
+    max_lora_rank: int | None = None  # None: the largest rank of lora_paths, else 64
+    lora_target_modules: list[str] | None = None  # None: all of q/k/v/o/gate/up/down
 
 
 @dataclass(slots=True)

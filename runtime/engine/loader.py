@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 from fleetserve.runtime.engine.config import ModelConfig
+from fleetserve.runtime.engine.models import model_class
 from fleetserve.runtime.engine.models.llama import LlamaForCausalLM
 from fleetserve.runtime.engine.models.rope import RotaryEmbedding
 from fleetserve.runtime.engine.types import EngineError
@@ -64,7 +65,7 @@ _FUSED = {
 
 def load_model(cfg: ModelConfig, device: torch.device) -> LlamaForCausalLM:
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
+        model = model_class(cfg.architecture)(cfg)
     model = model.to_empty(device=device).to(cfg.dtype)
     # the rope tables were created on meta: rebuild them on the device, in float32
     model.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_model_len, cfg.rope_theta, cfg.rope_scaling).to(device)
