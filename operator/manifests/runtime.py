@@ -7,7 +7,7 @@ from typing import Any
 from fleetserve.operator import defaults, names
 from fleetserve.operator.manifests.meta import Manifest, Owner, object_meta, quantities
 from fleetserve.operator.manifests.pod import PORT_NAME, container_security, http_probe, pod_security
-from fleetserve.operator.sources import HubLocation, Location, PvcLocation, parse_source
+from fleetserve.operator.sources import DemoLocation, HubLocation, Location, PvcLocation, parse_source
 from fleetserve.operator.spec import InferenceServiceSpec, Runtime
 from fleetserve.runtime import wire
 
@@ -21,6 +21,8 @@ def served_name(spec: InferenceServiceSpec) -> str:
 def model_path(location: Location) -> str:
     if isinstance(location, HubLocation):
         return location.repo
+    if isinstance(location, DemoLocation):
+        return location.uri
     return f"{defaults.MODEL_MOUNT_PATH}/{location.path}".rstrip("/")
 
 

@@ -21,8 +21,25 @@ logger = logging.getLogger(__name__)
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.jinja", "*.model", "*.txt"]
 
 
+DEMO_SCHEME = "demo://"
+
+
+def resolve_demo_model(model_path: str) -> Path:
+    """``demo://ARCH-SIZE`` (e.g. ``demo://llama-tiny``): the built-in demo model, written on first use."""
+    from fleetserve.runtime.demo import default_demo_model_dir
+
+    arch, _, size = model_path.removeprefix(DEMO_SCHEME).partition("-")
+    try:
+        return default_demo_model_dir(arch, size or "tiny")
+    except ValueError as exc:
+        raise EngineError(f"{model_path!r}: {exc} (write demo://ARCH-SIZE, e.g. demo://llama-tiny)") from exc
+
+
 def resolve_model_dir(model_path: str) -> Path:
-    """A local directory as is; anything else is a hub id downloaded (or found in the HF cache)."""
+    """A local directory as is; ``demo://ARCH-SIZE`` the demo model; anything else a hub id downloaded
+    (or found in the HF cache)."""
+    if model_path.startswith(DEMO_SCHEME):
+        return resolve_demo_model(model_path)
     path = Path(model_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
