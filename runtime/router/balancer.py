@@ -1,0 +1,91 @@
+"""`select()`: one worker for a request, and the callback that gives its load back.
+
+It filters the routable workers by the request's adapter, asks the policy's pure core, then books
+the request on the chosen worker: one more in flight, its uncached prompt tokens as pending
+prefill, and its blocks as predicted cache entries there (the worker reports them for real on a
+later poll). The proxy calls `first_byte()` when the worker starts answering and `release()` in
+`finally`; both are idempotent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from fleetserve.runtime.router.keys import RequestKey
+from fleetserve.runtime.router.policies import Candidate, Policy, Reason
+from fleetserve.runtime.router.workers import WorkerSet, WorkerState
+
+
+def candidate_of(worker: WorkerState, key: RequestKey) -> Candidate:
+    matched = worker.cache.matched_blocks(key.block_hashes) * key.page_size
+    return Candidate(worker.url, worker.load, min(matched, key.num_tokens), worker.pending_prefill_tokens,
+                     len(worker.cache))
+
+
+@dataclass(slots=True)
+class Selection:
+    worker: WorkerState
+    reason: Reason
+    predicted_cached_tokens: int
+    _pending: int
+    _released: bool = False
+    _answered: bool = False
+    on_release: Callable[[WorkerState], None] | None = field(default=None, repr=False)
+
+    def first_byte(self) -> None:
+        if not self._answered:
+            self._answered = True
+            self.worker.pending_prefill_tokens -= self._pending
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self.first_byte()
+        self._released = True
+        self.worker.in_flight -= 1
+        if self.on_release:
+            self.on_release(self.worker)
+
+
+class NoWorker(NamedTuple):
+    """Why nothing could be selected."""
+
+    no_ready_worker: bool  # nothing routable at all (hold the request)
+    adapter_missing: bool  # workers are ready but none has the adapter (404)
+
+
+@dataclass(slots=True)
+class Balancer:
+    workers: WorkerSet
+    policy: Policy
+    predict: bool = True  # record routed blocks as predicted cache entries
+    clock: Callable[[], float] = time.monotonic
+    on_release: Callable[[WorkerState], None] | None = None
+
+    def candidates(self, adapter: str | None, exclude: Collection[str] = ()) -> list[WorkerState]:
+        ready = [w for w in self.workers.routable() if w.url not in exclude]
+        if adapter is not None:
+            ready = [w for w in ready if adapter in w.adapters]
+        return sorted(ready, key=lambda w: w.url)
+
+    def why_none(self, adapter: str | None) -> NoWorker:
+        routable = self.workers.routable()
+        return NoWorker(not routable, bool(routable) and adapter is not None
+                        and not any(adapter in w.adapters for w in routable))
+
+    def select(self, key: RequestKey, exclude: Collection[str] = ()) -> Selection | None:
+        workers = self.candidates(key.adapter, exclude)
+        if not workers:
+            return None
+        cands = [candidate_of(w, key) for w in workers]
+        choice = self.policy.choose(key, cands)
+        worker, cand = workers[choice.index], cands[choice.index]
+        pending = max(0, key.num_tokens - cand.matched_tokens)
+        worker.in_flight += 1
+        worker.pending_prefill_tokens += pending
+        if self.predict and key.block_hashes:
+            worker.cache.predict(key.block_hashes, self.clock())
+        return Selection(worker, choice.reason, cand.matched_tokens, pending, on_release=self.on_release)
