@@ -22,6 +22,9 @@ METRIC_PREFIX = "fleetserve:"
 METRIC_NUM_REQUESTS_RUNNING = "fleetserve:num_requests_running"
 METRIC_NUM_REQUESTS_WAITING = "fleetserve:num_requests_waiting"
 METRIC_KV_CACHE_USAGE = "fleetserve:kv_cache_usage_perc"
+# Exported by `fleetserve router` (docs/router.md); the autoscaler reads the held count to scale from zero.
+METRIC_ROUTER_PREFIX = "fleetserve_router:"
+METRIC_ROUTER_HELD_REQUESTS = "fleetserve_router:held_requests"
 
 # HTTP paths of the runtime that the control plane calls.
 PATH_HEALTH = "/health"
