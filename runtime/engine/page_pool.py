@@ -5,6 +5,10 @@ still hold a cached prefix and be taken back by a prefix hit until it is reused 
 (eviction). The prefix cache is a trie over full pages, stored as a dict keyed by
 ``(parent node id, the page's token ids, extra key)``: node ids are never reused, so matching is exact
 (no hash collisions), and `extra_key` separates caches of different LoRA adapters.
+
+Each cached page also gets a stable block hash (`wire.block_hash` of its parent's hash, its tokens and
+its adapter namespace), published in `events` as it is stored and evicted, so that a router can tell
+what this worker holds (docs/router.md, "Routing contract").
 """
 
 from __future__ import annotations
@@ -13,7 +17,20 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple
 
+from fleetserve.runtime.engine.cache_events import CacheEventLog
+from fleetserve.runtime.wire import ROOT_BLOCK_HASH, block_hash
+
 ROOT_NODE = 0
+
+
+def cache_namespace(extra: Hashable) -> str:
+    """The block-hash namespace of an extra cache key: "" for the base model, else the adapter's name
+    (the key may be the name or a tuple that starts with it)."""
+    if extra is None:
+        return ""
+    if isinstance(extra, tuple):
+        return str(extra[0])
+    return str(extra)
 
 
 class CacheKey(NamedTuple):
@@ -42,6 +59,8 @@ class PagePool:
         self.cache: dict[CacheKey, CachedPage] = {}
         self.page_key: dict[int, CacheKey] = {}
         self._next_node = ROOT_NODE + 1
+        self.node_hash: dict[int, int] = {}  # cached node -> its block hash
+        self.events = CacheEventLog()
         self.num_queries = 0  # prompt tokens looked up
         self.num_hits = 0  # of those, tokens found
 
@@ -114,13 +133,30 @@ class PagePool:
         if self.enable_prefix_caching and page not in self.page_key:
             self.cache[key] = CachedPage(node, page)
             self.page_key[page] = key
+            parent_hash = ROOT_BLOCK_HASH if parent == ROOT_NODE else self.node_hash.get(parent)
+            if parent_hash is not None:  # else the parent left the cache: this page is unreachable
+                digest = block_hash(parent_hash, key.tokens, cache_namespace(extra))
+                self.node_hash[node] = digest
+                self.events.stored(digest)
         return node
+
+    def drop_cached(self, extra: Hashable) -> int:
+        """Takes every cached page of one extra key (an adapter's load) out of the prefix cache, as eviction
+        would; pages still used by running sequences stay theirs. Returns how many left the cache."""
+        pages = [page for page, key in self.page_key.items() if key.extra == extra]
+        for page in pages:
+            self._evict(page)
+        return len(pages)
 
     def reset_prefix_cache(self) -> None:
         self.cache.clear()
         self.page_key.clear()
+        self.node_hash.clear()
+        self.events.reset()
 
     def _evict(self, page: int) -> None:
         key = self.page_key.pop(page, None)
         if key is not None:
-            del self.cache[key]
+            digest = self.node_hash.pop(self.cache.pop(key).node, None)
+            if digest is not None:
+                self.events.removed(digest)
