@@ -21,6 +21,8 @@ from fleetserve.runtime.engine.detokenizer import IncrementalDetokenizer
 from fleetserve.runtime.engine.grammar_compiler import GrammarCompilerCache, grammar_spec
 from fleetserve.runtime.engine.grammar_matcher import GrammarMaskBuilder, SequenceGrammar
 from fleetserve.runtime.engine.logprobs import prompt_logprobs
+from fleetserve.runtime.engine.lora.adapter import AdapterError, AdapterFiles, AdapterNotFoundError, LoRAAdapter
+from fleetserve.runtime.engine.lora.manager import LoRAManager
 from fleetserve.runtime.engine.model_runner import ModelRunner, StepLogits
 from fleetserve.runtime.engine.outputs import collect_outputs, finish
 from fleetserve.runtime.engine.page_pool import PagePool
@@ -45,6 +47,9 @@ class LLMEngine:
         self.scheduler = Scheduler(pool, config.max_num_batched_tokens, config.max_running_requests)
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
+        self.lora = runner.lora  # None unless LoRA is enabled
+        if self.lora is not None:
+            self.scheduler.lora_fits = self.lora.fits
         self.grammars = GrammarCompilerCache(tokenizer, model_config.vocab_size, model_config.eos_token_ids)
         self._compiling: dict[str, Future] = {}  # request id -> its grammar, compiling off the loop
         self.grammar_masks = GrammarMaskBuilder(model_config.vocab_size)
@@ -86,7 +91,7 @@ class LLMEngine:
         grammar = self.grammars.submit(spec) if spec is not None else None
         if grammar is not None and grammar.done() and grammar.exception() is not None:
             raise grammar.exception()  # an EngineError with xgrammar's reason
-        request = Request(request_id, list(prompt_token_ids), params, lora_name=lora_name)
+        request = Request(request_id, list(prompt_token_ids), params, lora=self.find_adapter(lora_name))
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None]
         for index in range(params.n):
@@ -264,6 +269,42 @@ class LLMEngine:
         self.pool.num_queries = self.pool.num_hits = 0
         self.scheduler.num_preemptions = 0
 
+    # -- LoRA adapters (docs/lora.md) --------------------------------------------------------------
+
+    def find_adapter(self, ref: str | None) -> LoRAAdapter | None:
+        """The loaded adapter a request names (by name, or by the path it was loaded from); None: base model."""
+        if not ref:
+            return None
+        adapter = self.lora.find(ref) if self.lora is not None else None
+        if adapter is None:
+            loaded = ", ".join(self.loaded_adapters()) or "none"
+            raise AdapterNotFoundError(f"the LoRA adapter '{ref}' is not loaded (loaded: {loaded})")
+        return adapter
+
+    def load_lora(self, name: str, path: str, pinned: bool = False) -> None:
+        """Reads and loads a PEFT adapter under `name` (a reload replaces it); AdapterError says why not."""
+        self.add_lora(name, self._lora().read(path), pinned)
+
+    def add_lora(self, name: str, files: AdapterFiles, pinned: bool = False) -> None:
+        """Loads adapter files already read (`LoRAManager.read`, off this thread). Requests running on a
+        previous load of `name` finish on it; new ones get the new weights and never its cached prefixes."""
+        old = self._lora().add(name, files, pinned)
+        if old is not None:
+            self.pool.drop_cached(old.key)
+
+    def unload_lora(self, name: str) -> None:
+        """Unloads adapter `name`: new requests for it are refused, those in flight finish on it."""
+        adapter = self._lora().remove(name)
+        self.pool.drop_cached(adapter.key)
+
+    def loaded_adapters(self) -> list[str]:
+        return [] if self.lora is None else self.lora.names
+
+    def _lora(self) -> LoRAManager:
+        if self.lora is None:
+            raise AdapterError("LoRA is not enabled on this server (start it with --enable-lora)")
+        return self.lora
+
     def reset_prefix_cache(self) -> bool:
         if self.requests:
             return False
@@ -280,4 +321,18 @@ class LLMEngine:
             prefix_cache_queries=self.pool.num_queries,
             prefix_cache_hits=self.pool.num_hits,
             num_preemptions=self.scheduler.num_preemptions,
+            **self._lora_stats(),
         )
+
+    def _lora_stats(self) -> dict:
+        """Requests per adapter, running (any sequence in the batch) or waiting, and the loaded adapters."""
+        if self.lora is None:
+            return {}
+        running: dict[str, int] = {}
+        waiting: dict[str, int] = {}
+        for request in list(self.requests.values()):  # read from the server's thread: copy first
+            if request.lora is not None:
+                into = running if any(s.status == "running" for s in request.sequences) else waiting
+                into[request.lora.name] = into.get(request.lora.name, 0) + 1
+        return {"lora_running": running, "lora_waiting": waiting, "loaded_adapters": self.lora.names,
+                "max_loras": self.lora.settings.max_loras_per_batch}

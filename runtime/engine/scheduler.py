@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
+from fleetserve.runtime.engine.lora.admission import AdapterSlots, Fits
 from fleetserve.runtime.engine.page_pool import ROOT_NODE, PagePool
 from fleetserve.runtime.engine.sequence import Sequence
 
@@ -38,6 +39,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.lora_fits: Fits | None = None  # with LoRA: whether a set of adapters fits the slots (lora/admission.py)
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -79,11 +81,14 @@ class Scheduler:
 
     def _admit_waiting(self, budget: int, scheduled: list[ScheduledSequence]) -> None:
         prefilling = [seq for seq in self.running if _in_prefill(seq)]
+        slots = AdapterSlots(self.running, self.lora_fits) if self.lora_fits is not None else None
         for seq in list(self.waiting):
             if budget <= 0 or len(self.running) >= self.max_running:
                 return
             if seq.is_blocked:
                 continue
+            if slots is not None and not slots.admits(seq):
+                continue  # its adapter waits for a device slot
             looks_up = seq.num_computed_tokens == 0 and not seq.wants_prompt_logprobs
             if looks_up:
                 self._match_prefix(seq)
@@ -99,6 +104,8 @@ class Scheduler:
             self._grow(seq, num_new)
             self.waiting.remove(seq)
             self.running.append(seq)
+            if slots is not None:
+                slots.take(seq)
             seq.status = "running"
             if seq.index == 0 and not seq.was_scheduled:
                 seq.request.num_cached_tokens = seq.num_computed_tokens

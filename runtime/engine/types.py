@@ -107,6 +107,11 @@ class EngineStats:
     prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int  # of those, tokens found
     num_preemptions: int
+    # LoRA (empty when it is off): requests per adapter name, the adapters loaded, the slots per step
+    lora_running: dict[str, int] = field(default_factory=dict)
+    lora_waiting: dict[str, int] = field(default_factory=dict)
+    loaded_adapters: list[str] = field(default_factory=list)
+    max_loras: int = 0
 
     @property
     def kv_cache_usage(self) -> float:

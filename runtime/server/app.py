@@ -16,6 +16,7 @@ from fleetserve.runtime.server.auth import APIKeyMiddleware
 from fleetserve.runtime.server.errors import install_error_handlers
 from fleetserve.runtime.server.serving_chat import create_chat_completion
 from fleetserve.runtime.server.serving_completions import create_completion
+from fleetserve.runtime.server.serving_embeddings import EmbeddingResponse, create_embeddings
 from fleetserve.runtime.server.serving_models import list_models, retrieve_model
 from fleetserve.runtime.server.shutdown import QuietShutdown
 from fleetserve.runtime.server.state import ServerState
@@ -45,7 +46,7 @@ def _routes() -> list[tuple[str, str, Callable, Any, dict]]:
     return [
         ("POST", "/v1/chat/completions", create_chat_completion, r.ChatCompletionResponse, SSE_OK),
         ("POST", "/v1/completions", create_completion, r.CompletionResponse, SSE_OK),
-        ("POST", "/v1/embeddings", ops.create_embeddings, None, {}),
+        ("POST", "/v1/embeddings", create_embeddings, EmbeddingResponse, {}),
         ("GET", "/v1/models", list_models, r.ModelList, {}),
         ("GET", "/v1/models/{model_id:path}", retrieve_model, r.ModelCard, {}),
         ("GET", PATH_HEALTH, ops.health, None, EMPTY_OK),

@@ -26,6 +26,13 @@ def default_max_tokens(state: ServerState, num_prompt_tokens: int) -> int:
     return max(1, state.max_model_len - num_prompt_tokens)
 
 
+def check_generation_model(state: ServerState) -> None:
+    """An embedding model refuses chat and completions (400)."""
+    if getattr(state.engine, "is_embedding", False):
+        raise bad_request(f"model '{state.settings.model_name}' is an embedding model: it does not support chat "
+                          "or completions; use /v1/embeddings", "model")
+
+
 def check_token_ids(state: ServerState, token_ids: list[int] | set[int], param: str) -> None:
     vocab = state.vocab_size
     bad = [t for t in token_ids if not 0 <= t < vocab]

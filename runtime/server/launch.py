@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-server-warmup", action="store_true",
                    help="start serving without first running a dummy full-budget batch (first requests pay for it)")
     p.add_argument("--dp", type=int, default=1, help="engine processes (only 1 for now)")
+    p.add_argument("--is-embedding", action="store_true",
+                   help="serve the model for /v1/embeddings only (detected from the checkpoint when it has "
+                        "sentence-transformers files or is an encoder; this forces it)")
     lora = p.add_argument_group("LoRA (accepted; adapters are not served yet)")
     lora.add_argument("--enable-lora", action="store_true")
     lora.add_argument("--lora-paths", nargs="*", default=[], metavar="NAME=PATH")
@@ -101,6 +104,20 @@ def resolve_model_path(model_path: str | None) -> str:
     return path
 
 
+def serves_embeddings(args: argparse.Namespace, model_path: str) -> bool:
+    """`--is-embedding`, or a checkpoint that can only embed (docs/embeddings.md)."""
+    from fleetserve.runtime.engine.embedding.detect import is_embedding_checkpoint
+    from fleetserve.runtime.engine.loader import resolve_model_dir
+    from fleetserve.runtime.engine.types import EngineError
+
+    if args.is_embedding:
+        return True
+    try:
+        return is_embedding_checkpoint(resolve_model_dir(model_path))
+    except EngineError:
+        return False  # building the engine reports why the path is unusable
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.dp != 1:
         parser.error("--dp > 1 is not implemented yet")
@@ -143,7 +160,12 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        engine = AsyncEngine.from_config(engine_config(args, model_path), worker)
+        if serves_embeddings(args, model_path):
+            from fleetserve.runtime.engine.embedding.engine import AsyncEmbeddingEngine
+
+            engine = AsyncEmbeddingEngine.from_config(engine_config(args, model_path), worker)
+        else:
+            engine = AsyncEngine.from_config(engine_config(args, model_path), worker)
     except EngineError as exc:  # a model that cannot be served: say why, no traceback
         print(f"fleetserve serve: error: {exc}", file=sys.stderr)
         return 1

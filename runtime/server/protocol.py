@@ -222,6 +222,16 @@ class CompletionRequest(SamplingRequest):
 class EmbeddingRequest(StrictModel):
     model: str | None = None
     input: str | list[str] | list[TokenId] | list[list[TokenId]]
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, description="Matryoshka models only: the first N "
+                                   "dimensions, normalized again")
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
+    # vLLM's extension: cut each input to this many tokens (-1: the model's maximum) instead of a 400
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _no_zero_truncation(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError("truncate_prompt_tokens must be -1 (the model's maximum) or at least 1")
+        return value

@@ -17,6 +17,7 @@ from fleetserve.runtime.server.errors import error_body
 from fleetserve.runtime.server.generation import (
     RequestResult,
     Usage,
+    check_generation_model,
     check_grammar,
     check_request,
     collect,
@@ -92,6 +93,7 @@ class ChatCall:
 
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     state = get_state(request)
+    check_generation_model(state)
     model = resolve_model(state, body.model, body.lora_path)
     prompt = state.chat.render(body)
     prompt_ids = state.chat.encode(prompt)

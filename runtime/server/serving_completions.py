@@ -25,6 +25,7 @@ from fleetserve.runtime.server.generation import (
     ChoiceResult,
     RequestResult,
     Usage,
+    check_generation_model,
     check_grammar,
     check_request,
     check_token_ids,
@@ -99,6 +100,7 @@ def tokenize_prompts(state: ServerState, body: CompletionRequest) -> list[Prompt
 
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     state = get_state(request)
+    check_generation_model(state)
     model = resolve_model(state, body.model, body.lora_path)
     prompts = tokenize_prompts(state, body)
     params = drop_unknown_logit_bias(state, body.to_sampling_params())

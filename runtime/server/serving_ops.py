@@ -1,4 +1,4 @@
-"""Operational endpoints: health, model and server info, cache flush, metrics, embeddings (refused)."""
+"""Operational endpoints: health, model and server info, cache flush, metrics."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fleetserve.runtime.engine.types import EngineError, SamplingParams
 from fleetserve.runtime.server.errors import APIError, bad_request
 from fleetserve.runtime.server.generation import new_request_id
-from fleetserve.runtime.server.protocol import EmbeddingRequest
 from fleetserve.runtime.server.state import ServerState, get_state
 from fleetserve.runtime.server.streaming import aclose_shielded
 
@@ -37,6 +36,9 @@ async def health(request: Request) -> Response:
 
 
 async def _generate_one_token(state: ServerState) -> None:
+    if getattr(state.engine, "is_embedding", False):  # an embedding model: one embedding instead
+        await state.engine.embed([list(state.engine.tokenizer("ping")["input_ids"]) or [0]])  # type: ignore[attr-defined]
+        return
     prompt = list(state.engine.tokenizer("ping", add_special_tokens=True)["input_ids"]) or [0]
     stream = state.engine.generate(new_request_id("health"), prompt, SamplingParams(max_tokens=1, temperature=0.0))
     try:
@@ -48,7 +50,8 @@ async def _generate_one_token(state: ServerState) -> None:
 
 
 async def health_generate(request: Request) -> Response:
-    """200 once the engine produced one token; 503 if it did not within the timeout."""
+    """200 once the engine produced one token (an embedding model: one embedding); 503 if it did not
+    within the timeout."""
     state = get_state(request)
     try:
         await asyncio.wait_for(_generate_one_token(state), HEALTH_GENERATE_TIMEOUT_S)
@@ -65,7 +68,7 @@ async def get_model_info(request: Request) -> JSONResponse:
         "model_path": state.settings.model_path,
         "tokenizer_path": state.settings.model_path,
         "served_model_name": state.settings.model_name,
-        "is_generation": True,
+        "is_generation": not getattr(state.engine, "is_embedding", False),
         "architecture": getattr(config, "architecture", None),
         "max_model_len": state.max_model_len,
         "vocab_size": state.vocab_size,
@@ -85,6 +88,8 @@ async def get_server_info(request: Request) -> JSONResponse:
         "num_requests_in_flight": state.admission.num_in_flight,
         "engine": {**dataclasses.asdict(stats), "kv_cache_usage": stats.kv_cache_usage},
         "server_args": state.settings.server_args,
+        "is_simulated": state.settings.simulation is not None,
+        "simulation": state.settings.simulation,
     })
 
 
@@ -100,7 +105,3 @@ async def metrics(request: Request) -> Response:
     state = get_state(request)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-
-async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
-    model = body.model or get_state(request).settings.model_name
-    raise bad_request(f"model '{model}' does not support embeddings", "model")

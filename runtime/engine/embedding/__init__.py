@@ -1,0 +1,1 @@
+"""Embedding models: sentence-transformers config, pooling, ragged attention, the batching engine."""
