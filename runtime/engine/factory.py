@@ -14,6 +14,8 @@ from fleetserve.runtime.engine.cpu_malloc import tune_malloc
 from fleetserve.runtime.engine.engine import LLMEngine
 from fleetserve.runtime.engine.kv_cache import allocate_kv_cache, plan_num_pages
 from fleetserve.runtime.engine.loader import load_model, resolve_model_dir
+from fleetserve.runtime.engine.lora.adapter import SUPPORTED_TARGETS, AdapterFiles
+from fleetserve.runtime.engine.lora.manager import DEFAULT_MAX_RANK, LoRAManager, LoRASettings
 from fleetserve.runtime.engine.model_runner import ModelRunner
 from fleetserve.runtime.engine.page_pool import PagePool
 from fleetserve.runtime.engine.types import EngineError
@@ -47,6 +49,32 @@ def build_backend(name: str, kv_cache: list[torch.Tensor], cfg: ModelConfig) -> 
     return TorchAttentionBackend(kv_cache, scale, cpu_kernels.load() if device.type == "cpu" else None)
 
 
+def lora_settings(config: EngineConfig, initial: list[AdapterFiles] | None = None) -> LoRASettings:
+    """The engine's LoRA settings; an unset max rank is the largest initial adapter's (else 64)."""
+    targets = config.lora_target_modules or ["all"]
+    max_rank = config.max_lora_rank or max((f.rank for f in initial or []), default=DEFAULT_MAX_RANK)
+    return LoRASettings(
+        max_loras_per_batch=config.max_loras_per_batch,
+        max_loaded_loras=config.max_loaded_loras,
+        max_lora_rank=max_rank,
+        target_modules=frozenset(SUPPORTED_TARGETS if "all" in targets else targets),
+    )
+
+
+def build_lora(config: EngineConfig, model_config: ModelConfig, model: torch.nn.Module,
+               device: torch.device) -> LoRAManager:
+    """Wraps the model's projections for LoRA and loads the adapters of `lora_paths`."""
+    from fleetserve.runtime.engine.lora.adapter import LoRALimits, read_adapter
+
+    # read the initial adapters first: with no --max-lora-rank, the largest of them sets it
+    open_limits = LoRALimits(config.max_lora_rank or 1 << 30, lora_settings(config).target_modules)
+    initial = {name: read_adapter(path, open_limits) for name, path in config.lora_paths.items()}
+    manager = LoRAManager(model, model_config, lora_settings(config, list(initial.values())), device)
+    for name, files in initial.items():
+        manager.add(name, files)
+    return manager
+
+
 def build_engine(config: EngineConfig) -> LLMEngine:
     from transformers import AutoTokenizer
 
@@ -69,6 +97,8 @@ def build_engine(config: EngineConfig) -> LLMEngine:
     kv_cache = allocate_kv_cache(model_config, num_pages, config.page_size, device)
     backend = build_backend(config.attention_backend, kv_cache, model_config)
     runner = ModelRunner(model, backend, config.page_size, device)
+    if config.enable_lora or config.lora_paths:
+        runner.lora = build_lora(config, model_config, model, device)
     pool = PagePool(num_pages, config.page_size, config.enable_prefix_caching)
     logger.info("loaded %s (%s, %s) on %s", model_dir, model_config.architecture, model_config.dtype, device)
     engine = LLMEngine(model_config, config, tokenizer, runner, pool)

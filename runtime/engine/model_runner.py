@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from fleetserve.runtime.engine.attention import AttentionBackend, BatchLayout
+from fleetserve.runtime.engine.lora.manager import LoRAManager
 from fleetserve.runtime.engine.models.llama import LlamaForCausalLM
 from fleetserve.runtime.engine.scheduler import ScheduledSequence
 
@@ -29,6 +30,7 @@ class ModelRunner:
         self.backend = backend
         self.page_size = page_size
         self.device = device
+        self.lora: LoRAManager | None = None  # set by the factory when LoRA is enabled
 
     @torch.inference_mode()
     def execute(self, batch: list[ScheduledSequence]) -> StepLogits:
@@ -56,6 +58,8 @@ class ModelRunner:
             page_size=self.page_size,
         )
         self.backend.plan(layout)
+        if self.lora is not None:
+            self.lora.prepare([(item.num_new_tokens, item.seq.request.lora) for item in batch])
         dev = self.device
         logits = self.model(
             torch.tensor(input_ids, dtype=torch.long, device=dev),

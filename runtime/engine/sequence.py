@@ -16,6 +16,7 @@ from fleetserve.runtime.engine.types import FinishReason, SamplingParams, TokenL
 
 if TYPE_CHECKING:
     from fleetserve.runtime.engine.grammar_matcher import SequenceGrammar
+    from fleetserve.runtime.engine.lora.adapter import LoRAAdapter
 
 SequenceStatus = Literal["waiting", "running", "finished"]
 
@@ -25,7 +26,7 @@ class Request:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
-    lora_name: str | None = None
+    lora: LoRAAdapter | None = None  # the adapter (one load of it) every token goes through; None: base model
     arrival_time: float = field(default_factory=time.monotonic)
     first_scheduled_time: float | None = None
     num_cached_tokens: int = 0  # prefix-cache hit of the first scheduling of sequence 0
@@ -40,9 +41,14 @@ class Request:
         return len(self.prompt_token_ids)
 
     @property
-    def cache_key(self) -> str | None:
-        """Extra prefix-cache key: KV computed under one adapter is never reused under another."""
-        return self.lora_name
+    def lora_name(self) -> str | None:
+        return None if self.lora is None else self.lora.name
+
+    @property
+    def cache_key(self) -> tuple[str, int] | None:
+        """Extra prefix-cache key: None for the base model, (adapter name, load version) for an adapter, so KV
+        computed under one adapter is never reused under another, nor under a reload of the same name."""
+        return None if self.lora is None else self.lora.key
 
     @property
     def is_finished(self) -> bool:

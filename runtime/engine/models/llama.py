@@ -15,6 +15,23 @@ from fleetserve.runtime.engine.attention import AttentionBackend
 from fleetserve.runtime.engine.config import ModelConfig
 from fleetserve.runtime.engine.models.rope import RopeTables, RotaryEmbedding
 
+# LoRA hook (engine/lora/): each projection of a decoder layer that adapters can target, by its path
+# under the layer, with the PEFT target names it fuses in the order of its output columns.
+LORA_PROJECTIONS: dict[str, tuple[str, ...]] = {
+    "self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "self_attn.o_proj": ("o_proj",),
+    "mlp.gate_up_proj": ("gate_proj", "up_proj"),
+    "mlp.down_proj": ("down_proj",),
+}
+
+
+def lora_target_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of every PEFT target name, as in the Hugging Face model."""
+    h, q, kv, inter = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, \
+        cfg.intermediate_size
+    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+
 
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float):

@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 
 from fleetserve.runtime.engine.detokenizer import IncrementalDetokenizer
+from fleetserve.runtime.engine.lora.adapter import LoRAAdapter
 from fleetserve.runtime.engine.page_pool import ROOT_NODE, PagePool
 from fleetserve.runtime.engine.scheduler import Scheduler
 from fleetserve.runtime.engine.sequence import Request, Sequence
 from fleetserve.runtime.engine.types import SamplingParams
 
 
-def make_seq(tokens: list[int], rid: str = "r", lora_name: str | None = None) -> Sequence:
-    req = Request(rid, tokens, SamplingParams(max_tokens=8), lora_name=lora_name)
+def make_seq(tokens: list[int], rid: str = "r", lora_name: str | None = None, lora_version: int = 1) -> Sequence:
+    """`lora_name`: the sequence runs under an adapter of that name (weights are not needed here)."""
+    lora = None if lora_name is None else LoRAAdapter(lora_name, "", lora_version, 1, 1.0, frozenset())
+    req = Request(rid, tokens, SamplingParams(max_tokens=8), lora=lora)
     detok = IncrementalDetokenizer.__new__(IncrementalDetokenizer)  # the scheduler never decodes
     seq = Sequence(req, 0, detok, list(tokens))
     req.sequences.append(seq)

@@ -1,0 +1,81 @@
+"""The batched LoRA op: every token through its own adapter's A and B, in segments.
+
+A step's tokens are laid out sequence after sequence; a *segment* is a run of tokens that share one
+slot. `LoRABatch` carries the segments in the layout SGMV/Punica kernels take (`seg_starts`,
+`seg_lens`, `weight_indices`, as vLLM's Punica wrapper passes them), so a CUDA kernel can replace `add_lora` without touching its callers. The torch
+reference below groups the segments by slot and does, per slot, one shrink ([n, in] x [in, w]) and one
+expand ([n, w] x [w, out]) matmul added into the base output: at most `max_loras_per_batch` pairs per
+projection whatever the batch size.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class LoRABatch(NamedTuple):
+    seg_starts: torch.Tensor  # [segments] int32: first token of each segment (base-model tokens are in none)
+    seg_lens: torch.Tensor  # [segments] int32: its number of tokens
+    weight_indices: torch.Tensor  # [segments] int32: slot of each segment
+    slot_rows: list[tuple[int, slice | torch.Tensor]]  # torch path: each slot's tokens (a slice when contiguous)
+
+
+def build_lora_batch(segments: list[tuple[int, int | None]], device: torch.device) -> LoRABatch | None:
+    """`segments`: (number of tokens, slot or None for the base model) per sequence, in batch order.
+
+    Returns None when no token uses an adapter (the projections then skip LoRA entirely).
+    """
+    runs = segment_runs(segments)
+    if not runs:
+        return None
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for start, end, slot in runs:
+        spans.setdefault(slot, []).append((start, end))
+    slot_rows: list[tuple[int, slice | torch.Tensor]] = []
+    for slot, parts in spans.items():
+        if len(parts) == 1:
+            slot_rows.append((slot, slice(*parts[0])))
+        else:
+            slot_rows.append((slot, torch.cat([torch.arange(s, e) for s, e in parts]).to(device)))
+    return LoRABatch(
+        torch.tensor([start for start, _, _ in runs], dtype=torch.int32, device=device),
+        torch.tensor([end - start for start, end, _ in runs], dtype=torch.int32, device=device),
+        torch.tensor([slot for _, _, slot in runs], dtype=torch.int32, device=device),
+        slot_rows,
+    )
+
+
+def segment_runs(segments: list[tuple[int, int | None]]) -> list[tuple[int, int, int]]:
+    """Maximal runs of adjacent tokens under one slot, as (start, end, slot); base-model tokens left out."""
+    runs: list[tuple[int, int, int]] = []
+    offset = 0
+    for num_tokens, slot in segments:
+        start, offset = offset, offset + num_tokens
+        if slot is None or num_tokens == 0:
+            continue
+        if runs and runs[-1][2] == slot and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], offset, slot)
+        else:
+            runs.append((start, offset, slot))
+    return runs
+
+
+def add_lora(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, widths: list[int],
+             scalings: list[float], batch: LoRABatch) -> torch.Tensor:
+    """y += scaling * (x A^T) B^T for every token, with the A/B of its slot (torch reference, in place).
+
+    a: [slots, rows, in], bt: [slots, rows, out]; a slot uses its first `widths[slot]` rows.
+    """
+    for slot, rows in batch.slot_rows:
+        width = widths[slot]
+        if width == 0:  # the adapter does not target this projection
+            continue
+        shrunk = x[rows] @ a[slot, :width].t()
+        shrunk.mul_(scalings[slot])
+        if isinstance(rows, slice):
+            y[rows].addmm_(shrunk, bt[slot, :width])
+        else:
+            y.index_add_(0, rows, shrunk @ bt[slot, :width])
+    return y
