@@ -29,8 +29,11 @@ class EngineConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     page_size: int = 16
-    max_num_batched_tokens: int = 2048  # token budget of one step (--chunked-prefill-size)
-    max_running_requests: int = 256
+    # token budget of one step (--chunked-prefill-size); None: no chunking, a step can take a whole
+    # context's prompt (SGLang's --chunked-prefill-size -1)
+    max_num_batched_tokens: int | None = 2048
+    max_running_requests: int = 256  # running sequences (batch slots); lowered to the step budget if above it
+    max_prefill_tokens_with_decodes: int | None = None  # prefill tokens in a step that also decodes; None: no cap
     context_length: int | None = None  # overrides the model's max_position_embeddings
     kv_cache_memory_gb: float | None = None  # None: 2 GiB on CPU, 85% of free memory on CUDA
     num_pages: int | None = None  # exact page count (tests); wins over kv_cache_memory_gb
@@ -44,6 +47,17 @@ class EngineConfig:
     max_loaded_loras: int | None = None  # adapters held on the host; None: no limit
     max_lora_rank: int | None = None  # None: the largest rank of lora_paths, else 64
     lora_target_modules: list[str] | None = None  # None: all of q/k/v/o/gate/up/down
+
+    def validate(self) -> None:
+        """Raises EngineError for settings no engine can run with (a step that can never schedule a token)."""
+        for name in ("max_num_batched_tokens", "max_prefill_tokens_with_decodes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EngineError(f"{name} must be at least 1 (None: no limit), got {value}")
+        if self.max_running_requests < 1:
+            raise EngineError(f"max_running_requests must be at least 1, got {self.max_running_requests}")
+        if self.page_size < 1:
+            raise EngineError(f"page_size must be at least 1, got {self.page_size}")
 
 
 @dataclass(slots=True)

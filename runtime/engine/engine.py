@@ -44,7 +44,12 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.runner = runner
         self.pool = pool
-        self.scheduler = Scheduler(pool, config.max_num_batched_tokens, config.max_running_requests)
+        config.validate()
+        budget = config.max_num_batched_tokens or max(model_config.max_model_len, config.max_running_requests)
+        if config.max_running_requests > budget:
+            logger.info("max_running_requests %d is above the step budget %d: at most %d run at once, so "
+                        "each can decode in every step", config.max_running_requests, budget, budget)
+        self.scheduler = Scheduler(pool, budget, config.max_running_requests, config.max_prefill_tokens_with_decodes)
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
         self.lora = runner.lora  # None unless LoRA is enabled
@@ -251,9 +256,9 @@ class LLMEngine:
         if self.requests:
             raise EngineError("warm_up needs an idle engine")
         ps = self.pool.page_size
-        num_seqs = max(1, min(8, self.config.max_running_requests))
+        num_seqs = max(1, min(8, self.scheduler.max_running))
         new_tokens = 4
-        per_seq = min(self.config.max_num_batched_tokens // num_seqs,
+        per_seq = min(self.scheduler.max_num_batched_tokens // num_seqs,
                       self.model_config.max_model_len - new_tokens,
                       self.pool.num_pages // num_seqs * ps - new_tokens)
         if per_seq < 1:
@@ -312,9 +317,12 @@ class LLMEngine:
         return True
 
     def stats(self) -> EngineStats:
+        """Counts are requests (a request with n choices counts once): running when any of its sequences
+        is in the batch, waiting otherwise."""
+        num_running = len({seq.request.request_id for seq in self.scheduler.running})
         return EngineStats(
-            num_running=self.scheduler.num_running,
-            num_waiting=self.scheduler.num_waiting,
+            num_running=num_running,
+            num_waiting=max(0, len(self.requests) - num_running),  # read from another thread: never negative
             num_total_pages=self.pool.num_pages,
             num_used_pages=self.pool.num_used,
             page_size=self.pool.page_size,

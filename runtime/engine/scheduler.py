@@ -1,9 +1,14 @@
 """Picks each step's batch under a token budget.
 
-Running sequences go first (a decode needs one token, a chunked prefill takes what the budget
-leaves), then waiting ones in arrival order. A waiting sequence's prefix-cache hit counts as computed
-tokens. When pages run out, the most recently admitted running sequence is preempted: its pages are
-released (its full pages stay in the prefix cache) and it is recomputed later.
+Decodes go first: every running sequence that needs one token gets it, every step (vLLM's order).
+The budget is never smaller than the running cap (the cap is lowered to the budget), so no decode is
+left out however many run. Then the running prefills take their next chunks, then waiting sequences
+are admitted in arrival order, from what the budget leaves; in a step that decodes, prefill tokens are
+also capped at `max_prefill_tokens_with_decodes`, which bounds the step's time and so the decodes'
+inter-token latency beside a long prompt. A waiting sequence's prefix-cache hit counts as computed
+tokens. When pages run out, the most recently admitted running sequence not yet scheduled in this
+step is preempted: its pages are released (its full pages stay in the prefix cache) and it is
+recomputed later.
 """
 
 from __future__ import annotations
@@ -32,10 +37,16 @@ class SchedulerOutput(NamedTuple):
 
 
 class Scheduler:
-    def __init__(self, pool: PagePool, max_num_batched_tokens: int, max_running: int):
+    def __init__(self, pool: PagePool, max_num_batched_tokens: int, max_running: int,
+                 max_prefill_tokens_with_decodes: int | None = None):
+        """`max_running` above the budget is lowered to it: each running sequence must be able to decode in
+        every step. `max_prefill_tokens_with_decodes`: None lets prefills take the whole budget left."""
+        if max_num_batched_tokens < 1 or max_running < 1:
+            raise ValueError("the step budget and the running cap must be at least 1")
         self.pool = pool
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.max_running = max_running
+        self.max_running = min(max_running, max_num_batched_tokens)
+        self.max_prefill_tokens_with_decodes = max_prefill_tokens_with_decodes
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -54,26 +65,42 @@ class Scheduler:
         seq.status = "finished"
 
     def schedule(self) -> SchedulerOutput:
-        budget = self.max_num_batched_tokens
         out = SchedulerOutput([], [])
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
+        taken: set[Sequence] = set()
+        budget = self.max_num_batched_tokens
+        for seq in [s for s in self.running if not _in_prefill(s)]:
+            if budget <= 0:
+                break
+            if seq.status == "running" and self._make_room(seq, 1, out, taken):
+                self._take(seq, 1, out, taken)
+                budget -= 1
+        cap = self.max_prefill_tokens_with_decodes
+        if out.scheduled and cap is not None:
+            budget = min(budget, cap)
+        for seq in [s for s in self.running if _in_prefill(s)]:
+            if budget <= 0:
+                break
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if not self._make_room(seq, num_new, out.preempted):
-                break  # seq itself was preempted: it was the last running one
-            out.scheduled.append(ScheduledSequence(seq, num_new))
-            budget -= num_new
-            i += 1
+            if seq.status == "running" and self._make_room(seq, num_new, out, taken):
+                self._take(seq, num_new, out, taken)
+                budget -= num_new
         if not out.preempted:
             self._admit_waiting(budget, out.scheduled)
         return out
 
-    def _make_room(self, seq: Sequence, num_new: int, preempted: list[Sequence]) -> bool:
+    @staticmethod
+    def _take(seq: Sequence, num_new: int, out: SchedulerOutput, taken: set[Sequence]) -> None:
+        out.scheduled.append(ScheduledSequence(seq, num_new))
+        taken.add(seq)
+
+    def _make_room(self, seq: Sequence, num_new: int, out: SchedulerOutput, taken: set[Sequence]) -> bool:
+        """Grows seq by num_new tokens, preempting the most recently admitted running sequences not yet
+        scheduled in this step until its pages fit; False when seq itself had to go."""
         while not self.pool.can_allocate(self._pages_needed(seq, num_new)):
-            victim = self.running.pop()
+            victim = next(s for s in reversed(self.running) if s not in taken)  # seq itself at the latest
+            self.running.remove(victim)
             self._preempt(victim)
-            preempted.append(victim)
+            out.preempted.append(victim)
             if victim is seq:
                 return False
         self._grow(seq, num_new)
