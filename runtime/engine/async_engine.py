@@ -18,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from fleetserve.runtime.engine.cache_events import CacheState
 from fleetserve.runtime.engine.config import EngineConfig
 from fleetserve.runtime.engine.engine import LLMEngine
 from fleetserve.runtime.engine.grammar_compiler import grammar_spec
@@ -162,6 +163,10 @@ class AsyncEngine:
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
+
+    def cache_state(self, epoch: str | None, after: int | None) -> CacheState:
+        """The prefix cache's block hashes (cache_events.py); read under the log's lock, not the step loop."""
+        return self.engine.pool.events.read(epoch, after)
 
     # -- the engine thread -------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from fleetserve.runtime.server import responses as r
 from fleetserve.runtime.server import serving_ops as ops
+from fleetserve.runtime.server import serving_routing as routing
 from fleetserve.runtime.server.auth import APIKeyMiddleware
 from fleetserve.runtime.server.errors import install_error_handlers
 from fleetserve.runtime.server.serving_chat import create_chat_completion
@@ -20,7 +21,7 @@ from fleetserve.runtime.server.serving_embeddings import EmbeddingResponse, crea
 from fleetserve.runtime.server.serving_models import list_models, retrieve_model
 from fleetserve.runtime.server.shutdown import QuietShutdown
 from fleetserve.runtime.server.state import ServerState
-from fleetserve.runtime.wire import PATH_HEALTH, PATH_METRICS
+from fleetserve.runtime.wire import PATH_CACHE_STATE, PATH_HEALTH, PATH_METRICS, PATH_ROUTING_INFO
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ def _routes() -> list[tuple[str, str, Callable, Any, dict]]:
         ("GET", "/get_model_info", ops.get_model_info, r.ModelInfo, {}),
         ("GET", "/get_server_info", ops.get_server_info, r.ServerInfo, {}),
         ("POST", "/flush_cache", ops.flush_cache, r.FlushCacheResponse, {}),
+        ("GET", PATH_ROUTING_INFO, routing.routing_info, None, {}),
+        ("GET", PATH_CACHE_STATE, routing.cache_state, None, {}),
         ("GET", PATH_METRICS, ops.metrics, None,
          {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}}),
     ]

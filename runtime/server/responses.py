@@ -63,6 +63,7 @@ class ChatCompletionResponse(BaseModel):
     object: Literal["chat.completion"]
     created: int
     model: str
+    system_fingerprint: str | None = None  # "fleetserve", or "fleetserve-SIMULATED-<profile>" from the simulator
     choices: list[ChatChoice]
     usage: UsageInfo
 
@@ -87,6 +88,7 @@ class CompletionResponse(BaseModel):
     object: Literal["text_completion"]
     created: int
     model: str
+    system_fingerprint: str | None = None
     choices: list[CompletionChoice]
     usage: UsageInfo
 
@@ -131,3 +133,5 @@ class ServerInfo(BaseModel):
     num_requests_in_flight: int
     engine: dict[str, Any]
     server_args: dict[str, Any]
+    is_simulated: bool = False
+    simulation: dict[str, Any] | None = None  # the simulator's profile when is_simulated

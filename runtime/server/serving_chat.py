@@ -64,7 +64,8 @@ class ChatCall:
     encoder: ChunkEncoder = field(init=False)
 
     def __post_init__(self) -> None:
-        self.encoder = ChunkEncoder(self.request_id, "chat.completion.chunk", self.created, self.model)
+        self.encoder = ChunkEncoder(self.request_id, "chat.completion.chunk", self.created, self.model,
+                                    self.state.settings.system_fingerprint)
 
     @property
     def separates_reasoning(self) -> bool:
@@ -136,6 +137,7 @@ def chat_response(call: ChatCall, result: RequestResult) -> dict[str, Any]:
         "object": "chat.completion",
         "created": call.created,
         "model": call.model,
+        "system_fingerprint": call.state.settings.system_fingerprint,
         "choices": choices,
         "usage": call.usage(result.num_prompt_tokens, result.num_cached_tokens, completion_tokens),
     }

@@ -71,7 +71,8 @@ class CompletionCall:
     encoder: ChunkEncoder = field(init=False)
 
     def __post_init__(self) -> None:
-        self.encoder = ChunkEncoder(self.request_id, "text_completion", self.created, self.model)
+        self.encoder = ChunkEncoder(self.request_id, "text_completion", self.created, self.model,
+                                    self.state.settings.system_fingerprint)
 
     def new_logprobs(self) -> CompletionLogprobs | None:
         return CompletionLogprobs(self.state.token_strings) if self.body.logprobs is not None else None
@@ -150,7 +151,7 @@ def completion_response(call: CompletionCall, results: list[RequestResult]) -> d
             usage.completion_tokens += choice.num_tokens
             choices.append(_choice(call, prompt, result, choice, p * n + i))
     return {"id": call.request_id, "object": "text_completion", "created": call.created, "model": call.model,
-            "choices": choices, "usage": call.usage(usage)}
+            "system_fingerprint": call.state.settings.system_fingerprint, "choices": choices, "usage": call.usage(usage)}
 
 
 def _echo_choice(call: CompletionCall, prompt: Prompt, output: RequestOutput, index: int,

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from fastapi import Request
 
+from fleetserve.runtime.engine.cache_events import CacheState
 from fleetserve.runtime.engine.types import EngineStats, RequestOutput, SamplingParams
 from fleetserve.runtime.server.admission import Admission
 from fleetserve.runtime.server.chat_template import ChatRenderer
@@ -35,6 +36,7 @@ class EngineClient(Protocol):
     async def abort(self, request_id: str) -> None: ...
     def stats(self) -> EngineStats: ...
     async def flush_cache(self) -> bool: ...
+    def cache_state(self, epoch: str | None, after: int | None) -> CacheState: ...
 
 
 @dataclass(slots=True)
@@ -48,6 +50,7 @@ class ServerSettings:
     max_running_requests: int = 256
     max_queued_requests: int | None = None
     server_args: dict[str, Any] = field(default_factory=dict)  # the command line, for /get_server_info
+    simulation: dict[str, Any] | None = None  # the worker simulator's profile (--simulate); None: a real model
 
     def __post_init__(self) -> None:
         if not self.served_model_names:
@@ -59,6 +62,13 @@ class ServerSettings:
     @property
     def model_name(self) -> str:
         return self.served_model_names[0]
+
+    @property
+    def system_fingerprint(self) -> str:
+        """Sent in every completion: which backend answered, and unmistakably when it was the simulator."""
+        if self.simulation is not None:
+            return f"fleetserve-SIMULATED-{self.simulation['name']}"
+        return "fleetserve"
 
 
 @dataclass(slots=True)

@@ -42,12 +42,14 @@ def sse_event(data: dict[str, Any]) -> bytes:
 
 
 class ChunkEncoder:
-    """The SSE events of one response; its fixed fields (id, object, created, model) are encoded once."""
+    """The SSE events of one response; its fixed fields (id, object, created, model, system_fingerprint)
+    are encoded once."""
 
     __slots__ = ("head",)
 
-    def __init__(self, request_id: str, obj: str, created: int, model: str):
-        fixed = to_json({"id": request_id, "object": obj, "created": created, "model": model})
+    def __init__(self, request_id: str, obj: str, created: int, model: str, system_fingerprint: str | None = None):
+        fixed = to_json({"id": request_id, "object": obj, "created": created, "model": model,
+                         "system_fingerprint": system_fingerprint})
         self.head = b"data: " + fixed[:-1] + b',"choices":['
 
     def event(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
