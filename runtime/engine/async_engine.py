@@ -16,12 +16,13 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fleetserve.runtime.engine.cache_events import CacheState
 from fleetserve.runtime.engine.config import EngineConfig
 from fleetserve.runtime.engine.engine import LLMEngine
 from fleetserve.runtime.engine.grammar_compiler import grammar_spec
+from fleetserve.runtime.engine.lora.adapter import AdapterError
 from fleetserve.runtime.engine.outputs import merge_outputs
 from fleetserve.runtime.engine.torch_thread import TorchThread
 from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOutput, SamplingParams
@@ -29,6 +30,16 @@ from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOut
 logger = logging.getLogger(__name__)
 
 Command = Callable[[LLMEngine], object]
+T = TypeVar("T")
+
+
+def _settle(future: asyncio.Future, result: object, exc: Exception | None) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 class EngineDeadError(RuntimeError):
@@ -163,6 +174,53 @@ class AsyncEngine:
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
+
+    # -- LoRA adapters (docs/lora.md) --------------------------------------------------------------
+
+    async def load_lora_adapter(self, name: str, path: str, pinned: bool = False) -> None:
+        """Reads the adapter off the step loop (hub download, file I/O), then loads it on the engine thread
+        between two steps; raises AdapterError with the reason."""
+        manager = self.engine.lora
+        if manager is None:
+            raise AdapterError("LoRA is not enabled on this server (start it with --enable-lora)")
+        files = await asyncio.to_thread(manager.read, path)
+        await self._call(lambda engine: engine.add_lora(name, files, pinned))
+
+    async def unload_lora_adapter(self, name: str) -> None:
+        """New requests for `name` are refused at once; those in flight finish on it."""
+        await self._call(lambda engine: engine.unload_lora(name))
+
+    def loaded_adapters(self) -> list[str]:
+        """Names of the adapters loaded now (for /cache_state, /v1/models, metrics)."""
+        return self.engine.loaded_adapters()
+
+    def lora_adapters(self) -> dict[str, str]:
+        """Loaded adapters: name -> the path (or hub id) each was loaded from."""
+        lora = self.engine.lora
+        return {} if lora is None else {a.name: a.path for a in list(lora.registry.adapters.values())}
+
+    def find_adapter(self, ref: str) -> str | None:
+        """The name of the loaded adapter `ref` names (a name, or a path it was loaded from)."""
+        lora = self.engine.lora
+        adapter = None if lora is None else lora.find(ref)
+        return None if adapter is None else adapter.name
+
+    async def _call(self, fn: Callable[[LLMEngine], T]) -> T:
+        """Runs fn on the engine thread between steps and returns (or raises) what it does."""
+        assert self._loop is not None, "the engine is not started"
+        loop = self._loop
+        done: asyncio.Future[T] = loop.create_future()
+
+        def run(engine: LLMEngine) -> None:
+            try:
+                result = fn(engine)
+            except Exception as exc:  # handed to the caller, who decides what it means
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, result, None)
+
+        self._submit(run)
+        return await done
 
     def cache_state(self, epoch: str | None, after: int | None) -> CacheState:
         """The prefix cache's block hashes (cache_events.py); read under the log's lock, not the step loop."""
