@@ -35,6 +35,10 @@ class Selection:
     _answered: bool = False
     on_release: Callable[[WorkerState], None] | None = field(default=None, repr=False)
 
+    @property
+    def is_answered(self) -> bool:
+        return self._answered
+
     def first_byte(self) -> None:
         if not self._answered:
             self._answered = True

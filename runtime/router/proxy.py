@@ -1,0 +1,217 @@
+"""Forwards one OpenAI request to one worker and its answer back, bytes untouched.
+
+Per request: parse the body only to compute the routing key and the adapter; hold while no worker
+is ready (bounded in count and time, then 503 with Retry-After); `select()` a worker; send the
+original bytes. A failure before the worker answered (connection refused or reset, a 503 queue-full
+answer) is retried on another worker, at most `max_retries` times; once the answer started, nothing
+is retried, and a worker that breaks off mid-answer makes the router break off the client's
+connection too, so the client sees the failure. The selection is released in `finally`; a client
+that leaves cancels the handler (aiohttp handler cancellation), which closes the worker connection,
+and the worker aborts the request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from fleetserve.runtime.router.balancer import Balancer, Selection
+from fleetserve.runtime.router.config import RouterConfig
+from fleetserve.runtime.router.errors import error_response
+from fleetserve.runtime.router.metrics import RouterMetrics
+from fleetserve.runtime.router.prompts import PromptEncoder, request_key, requested_adapter
+from fleetserve.runtime.router.usage import UsageTap
+from fleetserve.runtime.router.workers import WorkerSet
+
+logger = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+                        "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
+WORKER_HEADER = "X-Fleetserve-Worker"
+# Errors of a request that never got an answer from the worker: safe to send elsewhere.
+CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+def forward_headers(headers: Any) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP)
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+@dataclass
+class Proxy:
+    config: RouterConfig
+    workers: WorkerSet
+    balancer: Balancer
+    metrics: RouterMetrics
+    session: aiohttp.ClientSession
+    encoder: Callable[[], PromptEncoder | None]
+
+    @property
+    def num_held(self) -> int:
+        return self.metrics.held[0]
+
+    def served_names(self) -> set[str]:
+        encoder = self.encoder()
+        return {encoder.model} if encoder is not None and encoder.model else set()
+
+    async def hold(self, deadline: float) -> bool:
+        """Waits for a routable worker until `deadline`; False when full or timed out."""
+        if self.num_held >= self.config.max_held_requests:
+            return False
+        self.metrics.held[0] += 1
+        start = time.monotonic()
+        try:
+            while not self.workers.routable():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                await self.workers.wait_changed(left)
+            return True
+        finally:
+            self.metrics.held[0] -= 1
+            self.metrics.hold_time.observe(time.monotonic() - start)
+
+    def _unavailable(self, message: str) -> web.Response:
+        self.metrics.rejected.labels("no_worker").inc()
+        return error_response(503, message, headers={"Retry-After": str(self.config.retry_after_secs)})
+
+    async def handle(self, request: web.Request, kind: str) -> web.StreamResponse:
+        start = time.monotonic()
+        body = await request.read()
+        parsed = _parse(body)
+        adapter = requested_adapter(parsed, self.served_names())
+        key = request_key(kind, parsed, self.encoder(), adapter)
+        headers = forward_headers(request.headers)
+        tried: set[str] = set()
+        hold_deadline: float | None = None
+        last_503: tuple[int, bytes, CIMultiDict[str]] | None = None
+        while len(tried) <= self.config.max_retries:
+            selection = self.balancer.select(key, exclude=tried)
+            if selection is None:
+                why = self.balancer.why_none(adapter)
+                if why.adapter_missing:
+                    self.metrics.rejected.labels("adapter_not_found").inc()
+                    return error_response(404, f"the LoRA adapter '{adapter}' is not loaded on any worker", "model")
+                if not why.no_ready_worker:  # every ready worker has been tried
+                    break
+                if not self.config.is_holding_on:
+                    return self._unavailable("no worker is ready")
+                if self.num_held >= self.config.max_held_requests:
+                    return self._unavailable("no worker is ready and too many requests are held")
+                if hold_deadline is None:
+                    hold_deadline = time.monotonic() + self.config.max_hold_secs
+                if not await self.hold(hold_deadline):
+                    return self._unavailable("no worker became ready in time")
+                continue
+            if tried:
+                self.metrics.retries.inc()
+            self.metrics.decisions.labels(self.balancer.policy.name, selection.reason).inc()
+            outcome = await self._attempt(request, selection, body, headers, start)
+            if isinstance(outcome, web.StreamResponse):
+                return outcome
+            tried.add(selection.worker.url)
+            if outcome is not None:
+                last_503 = outcome
+        return self._exhausted(last_503)
+
+    def _exhausted(self, last_503: tuple[int, bytes, CIMultiDict[str]] | None) -> web.Response:
+        if last_503 is not None:
+            status, payload, headers = last_503
+            return web.Response(status=status, body=payload, headers=headers)
+        self.metrics.rejected.labels("upstream_failed").inc()
+        return error_response(502, "no worker could take the request")
+
+    async def _attempt(self, request: web.Request, selection: Selection, body: bytes, headers: CIMultiDict[str],
+                       start: float) -> web.StreamResponse | tuple[int, bytes, CIMultiDict[str]] | None:
+        """One try on one worker: the client's answer, or a retriable failure (a 503 answer or None)."""
+        worker = selection.worker
+        self.metrics.requests.labels(worker.url).inc()
+        timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_secs,
+                                        sock_connect=self.config.connect_timeout_secs)
+        try:
+            try:
+                upstream = await self.session.request(request.method, worker.url + request.path_qs, data=body,
+                                                      headers=headers, timeout=timeout)
+            except CONNECT_ERRORS as exc:
+                self.metrics.upstream_errors.labels(worker.url, type(exc).__name__).inc()
+                logger.warning("worker %s unreachable (%s); ejecting it", worker.url, exc)
+                if worker.is_healthy:
+                    worker.is_healthy = False
+                    self.workers.notify()
+                return None
+            except TimeoutError:
+                self.metrics.upstream_errors.labels(worker.url, "timeout").inc()
+                return error_response(504, "the worker did not answer in time")
+            try:
+                if upstream.status == 503:
+                    payload = await upstream.read()
+                    self.metrics.upstream_errors.labels(worker.url, "503").inc()
+                    return upstream.status, payload, forward_headers(upstream.headers)
+                return await self._relay(request, upstream, selection, start)
+            finally:
+                upstream.close()
+        finally:
+            selection.release()
+
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, selection: Selection,
+                     start: float) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                      headers=forward_headers(upstream.headers))
+        response.headers[WORKER_HEADER] = selection.worker.url
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        await response.prepare(request)
+        tap = UsageTap(is_sse=upstream.content_type == "text/event-stream")
+        chunks = upstream.content.iter_any().__aiter__()
+        while True:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+                self.metrics.upstream_errors.labels(selection.worker.url, "broken_answer").inc()
+                self.metrics.responses.labels("broken").inc()
+                logger.warning("worker %s broke off an answer (%r); closing the client's connection",
+                               selection.worker.url, exc)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            if not selection.is_answered:
+                selection.first_byte()
+                self.metrics.first_byte.observe(time.monotonic() - start)
+            tap.feed(chunk)
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:  # the client left: closing the worker's answer aborts it there
+                self.metrics.responses.labels("client_gone").inc()
+                return response
+        await response.write_eof()
+        self.metrics.responses.labels(str(upstream.status)).inc()
+        self.metrics.latency.observe(time.monotonic() - start)
+        self._record_usage(tap, selection)
+        return response
+
+    def _record_usage(self, tap: UsageTap, selection: Selection) -> None:
+        usage = tap.finish()
+        if usage is None:
+            return
+        self.metrics.prompt_tokens.inc(usage.prompt_tokens)
+        if usage.cached_tokens is not None:
+            self.metrics.cached_tokens.labels("reported").inc(usage.cached_tokens)
+            self.metrics.cached_tokens.labels("predicted").inc(selection.predicted_cached_tokens)
+
