@@ -22,6 +22,12 @@ METRIC_PREFIX = "fleetserve:"
 METRIC_NUM_REQUESTS_RUNNING = "fleetserve:num_requests_running"
 METRIC_NUM_REQUESTS_WAITING = "fleetserve:num_requests_waiting"
 METRIC_KV_CACHE_USAGE = "fleetserve:kv_cache_usage_perc"
+# LoRA (docs/metrics.md): requests per adapter (label lora_name), every loaded adapter (value 1), and
+# vLLM's lora_requests_info (labels running_lora_adapters, waiting_lora_adapters, max_lora)
+METRIC_LORA_REQUESTS_RUNNING = "fleetserve:lora_num_requests_running"
+METRIC_LORA_REQUESTS_WAITING = "fleetserve:lora_num_requests_waiting"
+METRIC_LORA_LOADED = "fleetserve:lora_loaded_adapters"
+METRIC_LORA_REQUESTS_INFO = "fleetserve:lora_requests_info"
 # Exported by `fleetserve router` (docs/router.md); the autoscaler reads the held count to scale from zero.
 METRIC_ROUTER_PREFIX = "fleetserve_router:"
 METRIC_ROUTER_HELD_REQUESTS = "fleetserve_router:held_requests"
@@ -29,6 +35,9 @@ METRIC_ROUTER_HELD_REQUESTS = "fleetserve_router:held_requests"
 # HTTP paths of the runtime that the control plane calls.
 PATH_HEALTH = "/health"
 PATH_METRICS = "/metrics"
+# LoRA adapters at run time (SGLang's payloads {lora_name, lora_path[, pinned]} / {lora_name}; also under /v1)
+PATH_LOAD_LORA = "/load_lora_adapter"
+PATH_UNLOAD_LORA = "/unload_lora_adapter"
 
 # Environment variables the runtime reads and the operator sets on runtime pods.
 ENV_API_KEY = "FLEETSERVE_API_KEY"  # `fleetserve serve --api-key` default; from a Secret in Kubernetes

@@ -52,7 +52,7 @@ class LLMEngine:
         self.scheduler = Scheduler(pool, budget, config.max_running_requests, config.max_prefill_tokens_with_decodes)
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
-        self.lora = runner.lora  # None unless LoRA is enabled
+        self.lora: LoRAManager | None = getattr(runner, "lora", None)  # None unless LoRA is enabled
         if self.lora is not None:
             self.scheduler.lora_fits = self.lora.fits
         self.grammars = GrammarCompilerCache(tokenizer, model_config.vocab_size, model_config.eos_token_ids)

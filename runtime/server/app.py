@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from fleetserve.runtime.server import responses as r
+from fleetserve.runtime.server import serving_lora as lora
 from fleetserve.runtime.server import serving_ops as ops
 from fleetserve.runtime.server import serving_routing as routing
 from fleetserve.runtime.server.auth import APIKeyMiddleware
@@ -55,6 +56,8 @@ def _routes() -> list[tuple[str, str, Callable, Any, dict]]:
         ("GET", "/get_model_info", ops.get_model_info, r.ModelInfo, {}),
         ("GET", "/get_server_info", ops.get_server_info, r.ServerInfo, {}),
         ("POST", "/flush_cache", ops.flush_cache, r.FlushCacheResponse, {}),
+        *[("POST", path, lora.load_lora_adapter, lora.LoRAAdapterResponse, {}) for path in lora.LOAD_PATHS],
+        *[("POST", path, lora.unload_lora_adapter, lora.LoRAAdapterResponse, {}) for path in lora.UNLOAD_PATHS],
         ("GET", PATH_ROUTING_INFO, routing.routing_info, None, {}),
         ("GET", PATH_CACHE_STATE, routing.cache_state, None, {}),
         ("GET", PATH_METRICS, ops.metrics, None,

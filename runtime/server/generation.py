@@ -78,10 +78,12 @@ async def check_grammar(state: ServerState, params: SamplingParams) -> None:
 
 
 async def engine_stream(state: ServerState, request_id: str, prompt_ids: list[int],
-                        params: SamplingParams) -> AsyncIterator[RequestOutput]:
-    """The engine's output stream with metrics; closing it early aborts the engine request."""
+                        params: SamplingParams, lora_name: str | None = None) -> AsyncIterator[RequestOutput]:
+    """The engine's output stream with metrics; closing it early aborts the engine request.
+    `lora_name`: the loaded adapter to run under (None: the base model)."""
     tracker = state.metrics.track()
-    stream = state.engine.generate(request_id, prompt_ids, params)
+    stream = (state.engine.generate(request_id, prompt_ids, params) if lora_name is None
+              else state.engine.generate(request_id, prompt_ids, params, lora_name=lora_name))
     finished = False
     try:
         async for output in stream:

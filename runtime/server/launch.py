@@ -49,12 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--is-embedding", action="store_true",
                    help="serve the model for /v1/embeddings only (detected from the checkpoint when it has "
                         "sentence-transformers files or is an encoder; this forces it)")
-    lora = p.add_argument_group("LoRA (accepted; adapters are not served yet)")
-    lora.add_argument("--enable-lora", action="store_true")
-    lora.add_argument("--lora-paths", nargs="*", default=[], metavar="NAME=PATH")
-    lora.add_argument("--max-loras-per-batch", type=int, default=8)
-    lora.add_argument("--max-lora-rank", type=int)
+    lora = p.add_argument_group("LoRA adapters (docs/lora.md)")
+    lora.add_argument("--enable-lora", action="store_true",
+                      help="serve PEFT LoRA adapters (implied by --lora-paths); load more with POST /load_lora_adapter")
+    lora.add_argument("--lora-paths", nargs="*", default=[], metavar="NAME=PATH",
+                      help="adapters loaded at start: NAME=PATH (local PEFT dir or hub id); a bare PATH is its own name")
+    lora.add_argument("--max-loras-per-batch", type=int, default=8, help="device slots: distinct adapters in one step")
+    lora.add_argument("--max-loaded-loras", type=int, help="adapters held on the host at once (default: no limit)")
+    lora.add_argument("--max-lora-rank", type=int,
+                      help="largest rank accepted (default: the largest of --lora-paths, else 64)")
+    lora.add_argument("--lora-target-modules", nargs="+", metavar="MODULE",
+                      help="modules adapters may target: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj "
+                           "or all (default: all)")
     return p
+
+
+def lora_paths(values: list[str]) -> dict[str, str]:
+    """--lora-paths NAME=PATH ... (SGLang's form); a bare PATH is named after itself."""
+    paths: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name = path = value
+        if not name or not path:
+            raise ValueError(f"--lora-paths: {value!r} is not NAME=PATH")
+        paths[name] = path
+    return paths
 
 
 def engine_config(args: argparse.Namespace, model_path: str) -> Any:
@@ -72,6 +92,12 @@ def engine_config(args: argparse.Namespace, model_path: str) -> Any:
         enable_prefix_caching=not args.disable_radix_cache,
         attention_backend=args.attention_backend,
         warm_up=not args.skip_server_warmup,
+        enable_lora=args.enable_lora or bool(args.lora_paths),
+        lora_paths=lora_paths(args.lora_paths),
+        max_loras_per_batch=args.max_loras_per_batch,
+        max_loaded_loras=args.max_loaded_loras,
+        max_lora_rank=args.max_lora_rank,
+        lora_target_modules=args.lora_target_modules,
     )
 
 
@@ -121,9 +147,10 @@ def serves_embeddings(args: argparse.Namespace, model_path: str) -> bool:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.dp != 1:
         parser.error("--dp > 1 is not implemented yet")
-    if args.enable_lora or args.lora_paths:
-        logger.warning("LoRA is not implemented yet: --enable-lora/--lora-paths are accepted but no adapter "
-                       "is served (requests naming one get 404)")
+    try:
+        lora_paths(args.lora_paths)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 class _Server(uvicorn.Server):

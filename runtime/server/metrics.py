@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fleetserve.runtime.engine.types import EngineStats, RequestOutput
+from fleetserve.runtime.server.metrics_lora import lora_metrics
 from fleetserve.runtime.wire import (
     METRIC_KV_CACHE_USAGE,
     METRIC_NUM_REQUESTS_RUNNING,
@@ -62,6 +63,7 @@ class EngineStatsCollector(Collector):
                             s.prefix_cache_hits)
         yield self._counter(f"{METRIC_PREFIX}num_preemptions", "Requests preempted (pages ran out).",
                             s.num_preemptions)
+        yield from lora_metrics(s, self.model_name)
 
 
 class ServerMetrics:

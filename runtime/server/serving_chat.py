@@ -35,7 +35,7 @@ from fleetserve.runtime.server.reasoning import (
     is_thinking_enabled,
     split_reasoning,
 )
-from fleetserve.runtime.server.serving_models import resolve_model
+from fleetserve.runtime.server.serving_models import resolve_target
 from fleetserve.runtime.server.state import ServerState, get_state
 from fleetserve.runtime.server.streaming import (
     CLIENT_CLOSED_REQUEST,
@@ -95,7 +95,7 @@ class ChatCall:
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     state = get_state(request)
     check_generation_model(state)
-    model = resolve_model(state, body.model, body.lora_path)
+    model, adapter = resolve_target(state, body.model, body.lora_path)
     prompt = state.chat.render(body)
     prompt_ids = state.chat.encode(prompt)
     params = drop_unknown_logit_bias(state, body.to_sampling_params(default_max_tokens(state, len(prompt_ids))))
@@ -104,7 +104,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     call = ChatCall(state, body, new_request_id("chatcmpl"), model, int(time.time()),
                     prompt.rstrip().endswith(THINK_START))
     ticket = state.admission.admit()
-    stream = engine_stream(state, call.request_id, prompt_ids, params)
+    stream = engine_stream(state, call.request_id, prompt_ids, params, adapter)
     if body.stream:
         return SSEResponse(stream_chat(call, stream, ticket))
     try:

@@ -37,7 +37,7 @@ from fleetserve.runtime.server.generation import (
 )
 from fleetserve.runtime.server.logprobs import CompletionLogprobs
 from fleetserve.runtime.server.protocol import CompletionRequest
-from fleetserve.runtime.server.serving_models import resolve_model
+from fleetserve.runtime.server.serving_models import resolve_target
 from fleetserve.runtime.server.state import ServerState, get_state
 from fleetserve.runtime.server.streaming import (
     CLIENT_CLOSED_REQUEST,
@@ -102,7 +102,7 @@ def tokenize_prompts(state: ServerState, body: CompletionRequest) -> list[Prompt
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     state = get_state(request)
     check_generation_model(state)
-    model = resolve_model(state, body.model, body.lora_path)
+    model, adapter = resolve_target(state, body.model, body.lora_path)
     prompts = tokenize_prompts(state, body)
     params = drop_unknown_logit_bias(state, body.to_sampling_params())
     for prompt in prompts:
@@ -110,7 +110,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     await check_grammar(state, params)
     call = CompletionCall(state, body, new_request_id("cmpl"), model, int(time.time()), prompts)
     ticket = state.admission.admit(len(prompts))
-    streams = _start(call, params)
+    streams = _start(call, params, adapter)
     if body.stream:
         return SSEResponse(stream_completion(call, streams, ticket))
     try:
@@ -123,10 +123,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     return JSONResponse(completion_response(call, results))
 
 
-def _start(call: CompletionCall, params: SamplingParams) -> list[AsyncIterator[RequestOutput]]:
+def _start(call: CompletionCall, params: SamplingParams, adapter: str | None) -> list[AsyncIterator[RequestOutput]]:
     ids = [call.request_id] if len(call.prompts) == 1 else [f"{call.request_id}-{i}" for i in range(len(call.prompts))]
     # one SamplingParams per engine request: the engine owns what it is given
-    return [engine_stream(call.state, rid, p.token_ids, dataclasses.replace(params))
+    return [engine_stream(call.state, rid, p.token_ids, dataclasses.replace(params), adapter)
             for rid, p in zip(ids, call.prompts, strict=True)]
 
 

@@ -2,11 +2,14 @@
 
 A request names one of the served names (`--served-model-name`, which may list several; the first
 is the name reported in responses), says `default` (SGLang's docs and many clients send it), or
-leaves `model` out. `name:adapter` and `lora_path` select a LoRA adapter; LoRA serving is not
-implemented yet, so any adapter is a 404 "not found".
+leaves `model` out. A LoRA adapter is chosen by `model: "name:adapter"` (SGLang), which wins, or
+by `lora_path` (an adapter's name, or the path it was loaded from), or by `model: "adapter"` (vLLM
+lists adapters as models). An adapter that is not loaded is a 404.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -17,42 +20,70 @@ from fleetserve.runtime.server.state import ServerState, get_state
 DEFAULT_MODEL_ALIAS = "default"
 
 
-def resolve_model(state: ServerState, model: str | None, lora_path: str | None = None) -> str:
-    """The served name a request's `model` refers to; 404 for unknown models and adapters."""
+class ModelTarget(NamedTuple):
+    name: str  # reported as `model` in the response
+    adapter: str | None  # the loaded adapter's name; None: the base model
+
+
+def resolve_target(state: ServerState, model: str | None, lora_path: str | None = None) -> ModelTarget:
+    """What a request's `model` (and `lora_path`) refer to; 404 for unknown models and adapters."""
     names = state.settings.served_model_names
-    adapter = None
     if model is None or model in names or model == DEFAULT_MODEL_ALIAS:
-        adapter = lora_path
-    else:
-        base, sep, suffix = model.rpartition(":")
-        if not sep or (base not in names and base != DEFAULT_MODEL_ALIAS) or not suffix:
-            raise not_found(f"the model '{model}' does not exist; served: {', '.join(names)}", "model")
-        adapter = suffix  # `base:adapter` wins over lora_path
-    if adapter:
-        raise not_found(f"the LoRA adapter '{adapter}' does not exist (no adapters are loaded)", "model")
-    return state.settings.model_name
+        if not lora_path:
+            return ModelTarget(state.settings.model_name, None)
+        return ModelTarget(state.settings.model_name, _adapter(state, lora_path, "lora_path"))
+    base, sep, suffix = model.rpartition(":")
+    if sep and suffix and (base in names or base == DEFAULT_MODEL_ALIAS):
+        return ModelTarget(model, _adapter(state, suffix, "model"))  # `base:adapter` wins over lora_path
+    if _loaded(state) and state.engine.find_adapter(model) == model:
+        return ModelTarget(model, model)
+    raise not_found(f"the model '{model}' does not exist; served: {', '.join(names)}", "model")
 
 
-def model_card(state: ServerState, name: str) -> dict:
+def resolve_model(state: ServerState, model: str | None, lora_path: str | None = None) -> str:
+    """The name a request's `model` refers to (reported in responses); 404 for unknown models and adapters."""
+    return resolve_target(state, model, lora_path).name
+
+
+def _loaded(state: ServerState) -> dict[str, str]:
+    lora_adapters = getattr(state.engine, "lora_adapters", None)  # engines without LoRA (embeddings) lack it
+    return lora_adapters() if lora_adapters is not None else {}
+
+
+def _adapter(state: ServerState, ref: str, param: str) -> str:
+    name = state.engine.find_adapter(ref) if _loaded(state) else None
+    if name is None:
+        loaded = ", ".join(_loaded(state)) or "none"
+        raise not_found(f"the LoRA adapter '{ref}' is not loaded (loaded: {loaded})", param)
+    return name
+
+
+def model_card(state: ServerState, name: str, root: str | None = None, parent: str | None = None) -> dict:
+    """A model's card; a LoRA adapter's has its path as `root` and the base model as `parent` (vLLM's)."""
     return {
         "id": name,
         "object": "model",
         "created": int(state.started_at),
         "owned_by": "fleetserve",
-        "root": state.settings.model_path,
-        "parent": None,
+        "root": root or state.settings.model_path,
+        "parent": parent,
         "max_model_len": state.max_model_len,
     }
 
 
+def _cards(state: ServerState) -> dict[str, dict]:
+    cards = {name: model_card(state, name) for name in state.settings.served_model_names}
+    for adapter, path in _loaded(state).items():
+        cards.setdefault(adapter, model_card(state, adapter, path, state.settings.model_name))
+    return cards
+
+
 async def list_models(request: Request) -> JSONResponse:
-    state = get_state(request)
-    cards = [model_card(state, name) for name in state.settings.served_model_names]
-    return JSONResponse({"object": "list", "data": cards})
+    return JSONResponse({"object": "list", "data": list(_cards(get_state(request)).values())})
 
 
 async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
-    state = get_state(request)
-    if model_id not in state.settings.served_model_names:
+    card = _cards(get_state(request)).get(model_id)
+    if card is None:
         raise not_found(f"the model '{model_id}' does not exist", "model")
-    return JSONResponse(model_card(state, model_id))
+    return JSONResponse(card)

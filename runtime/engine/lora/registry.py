@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetserve.runtime.engine.lora.adapter import AdapterError, LoRAAdapter
+from fleetserve.runtime.engine.lora.adapter import AdapterError, AdapterNotFoundError, LoRAAdapter
 
 
 class AdapterRegistry:
@@ -37,7 +37,7 @@ class AdapterRegistry:
     def remove(self, name: str) -> LoRAAdapter:
         adapter = self.adapters.pop(name, None)
         if adapter is None:
-            raise AdapterError(f"no LoRA adapter named {name!r} is loaded")
+            raise AdapterNotFoundError(f"no LoRA adapter named {name!r} is loaded")
         return adapter
 
     def find(self, ref: str) -> LoRAAdapter | None:
