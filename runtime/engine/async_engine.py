@@ -7,6 +7,15 @@ the consumer has not taken the previous one yet (a busy event loop, a slow clien
 merged into it, so a lagging stream receives fewer, larger chunks instead of a backlog of one-token
 events (vLLM's output collector does the same). `from_config` builds the engine on the step loop's
 thread, so one OS thread does all the torch work (torch_thread.py says why that matters).
+
+Faults: what can be pinned on one request stays with it — a request the engine fails to add, or whose
+sampling or post-processing raises (LLMEngine.take_failures), ends alone with a RequestFailedError
+(500) and the others go on. Anything else — a model step that raises, a command that breaks the
+engine's state, the loop itself failing — kills the engine: every request in flight ends with an
+EngineDeadError (500), new ones are refused, and `health()` reports it, so /health answers 503 and
+Kubernetes restarts the pod. `health()` also reports a step loop that has work but has not finished a
+step for `stall_timeout_s`. A step that schedules nothing (nothing can run yet) is followed by a short
+wait instead of the next step at once, so the loop never spins a core.
 """
 
 from __future__ import annotations
@@ -15,8 +24,9 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from fleetserve.runtime.engine.cache_events import CacheState
 from fleetserve.runtime.engine.config import EngineConfig
@@ -42,8 +52,26 @@ def _settle(future: asyncio.Future, result: object, exc: Exception | None) -> No
         future.set_result(result)
 
 
+STALL_TIMEOUT_S = 120.0  # work waiting and no step finished for this long: the engine is unhealthy
+IDLE_STEP_WAIT_S = 0.02  # after a step that scheduled nothing, wait this long (or for a command)
+
+
 class EngineDeadError(RuntimeError):
     """The step loop failed; the request cannot finish (the server answers 500)."""
+
+
+class RequestFailedError(RuntimeError):
+    """The engine failed on this request alone; it ended, the others go on (the server answers 500)."""
+
+
+class EngineHealth(NamedTuple):
+    is_alive: bool
+    is_stepping: bool  # no work waiting, or a step finished within the stall timeout
+    reason: str | None  # why it is unhealthy
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.is_alive and self.is_stepping
 
 
 class _OutputSlot:
@@ -77,7 +105,7 @@ class _OutputSlot:
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, worker: TorchThread | None = None):
+    def __init__(self, engine: LLMEngine, worker: TorchThread | None = None, stall_timeout_s: float = STALL_TIMEOUT_S):
         """`worker`: the thread the engine was built on, which will also step it (default: a new one)."""
         self.engine = engine
         self.tokenizer = engine.tokenizer
@@ -89,6 +117,10 @@ class AsyncEngine:
         self._worker = worker
         self._running = False
         self._stopping = False
+        self._dead: str | None = None  # why the engine died
+        self._pending_calls: set[asyncio.Future[Any]] = set()  # _call futures, failed if the engine dies
+        self.stall_timeout_s = stall_timeout_s
+        self._last_progress = time.monotonic()  # when the step loop last finished a step or found no work
 
     @classmethod
     def from_config(cls, config: EngineConfig, worker: TorchThread | None = None) -> AsyncEngine:
@@ -127,7 +159,12 @@ class AsyncEngine:
     # -- requests ----------------------------------------------------------------------------------
 
     def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        self._check_alive()
         self.engine.check_request(prompt_token_ids, params)
+
+    def _check_alive(self) -> None:
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine is dead: {self._dead}")
 
     async def check_grammar(self, params: SamplingParams) -> None:
         """Compiles the request's structured-output constraint (cached) on the engine's compile pool,
@@ -139,6 +176,7 @@ class AsyncEngine:
     async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                        lora_name: str | None = None) -> AsyncIterator[RequestOutput]:
         """Yields the request's deltas; the last has ``finished``. Closing early aborts the request."""
+        self._check_alive()
         if not self._running or self._stopping:
             raise EngineDeadError("the engine is not running")
         if request_id in self._streams:
@@ -166,14 +204,21 @@ class AsyncEngine:
         self._submit(lambda engine: engine.abort_request(request_id))
 
     async def flush_cache(self) -> bool:
-        assert self._loop is not None
-        done: asyncio.Future[bool] = self._loop.create_future()
-        loop = self._loop
-        self._submit(lambda engine: loop.call_soon_threadsafe(done.set_result, engine.reset_prefix_cache()))
-        return await done
+        return await self._call(lambda engine: engine.reset_prefix_cache())
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
+
+    def health(self) -> EngineHealth:
+        """Alive (the step loop has not died) and stepping (no work, or a step finished recently)."""
+        if self._dead is not None:
+            return EngineHealth(False, False, f"the engine is dead: {self._dead}")
+        if self._running and not self._stopping and not (self._worker is not None and self._worker.is_alive()):
+            return EngineHealth(False, False, "the engine thread is gone")
+        stalled_s = time.monotonic() - self._last_progress
+        if self.engine.has_unfinished_requests() and stalled_s > self.stall_timeout_s:
+            return EngineHealth(True, False, f"requests are waiting and no step finished for {stalled_s:.0f} s")
+        return EngineHealth(True, True, None)
 
     # -- LoRA adapters (docs/lora.md) --------------------------------------------------------------
 
@@ -208,8 +253,11 @@ class AsyncEngine:
     async def _call(self, fn: Callable[[LLMEngine], T]) -> T:
         """Runs fn on the engine thread between steps and returns (or raises) what it does."""
         assert self._loop is not None, "the engine is not started"
+        self._check_alive()
         loop = self._loop
         done: asyncio.Future[T] = loop.create_future()
+        self._pending_calls.add(done)
+        done.add_done_callback(self._pending_calls.discard)
 
         def run(engine: LLMEngine) -> None:
             try:
@@ -240,28 +288,53 @@ class AsyncEngine:
             engine.add_request(request_id, prompt, params, lora_name)
         except EngineError as exc:
             self._deliver_error(request_id, exc)
+        except Exception as exc:  # a fault of this request alone: add_request leaves nothing of it behind
+            logger.exception("adding request %s failed", request_id)
+            self._deliver_error(request_id, RequestFailedError(f"the engine failed to add the request: {exc!r}"))
 
     def _run(self) -> None:
-        engine = self.engine
+        try:
+            self._step_loop(self.engine)
+        except BaseException as exc:  # a command or the loop itself broke: nothing can be trusted any more
+            logger.exception("the engine's step loop failed")
+            self._die(f"the step loop failed: {exc!r}")
+
+    def _step_loop(self, engine: LLMEngine) -> None:
         while not self._stopping:
             self._wakeup.clear()
             while not self._commands.empty():
-                self._commands.get()(engine)
+                self._commands.get()(engine)  # commands contain their request's faults; others end the loop
+            self._last_progress = time.monotonic()
             if not engine.has_unfinished_requests():
                 self._wakeup.wait()
                 continue
             try:
                 outputs = engine.step()
-            except Exception:  # a genuine fault: fail the requests in flight, keep serving new ones
-                logger.exception("engine step failed; aborting the requests in flight")
-                self._fail_all(engine)
-                continue
+            except Exception as exc:  # not attributable to one request: the engine's state is suspect
+                logger.exception("engine step failed; failing every request in flight")
+                self._die(f"an engine step failed: {exc!r}")
+                return
+            self._last_progress = time.monotonic()
+            failures = engine.take_failures()
+            for request_id, reason in failures:
+                self._deliver_error(request_id, RequestFailedError(reason))
             if outputs:
                 self._post(self._route, outputs)
+            elif not failures and engine.num_scheduled_last_step == 0:
+                self._wakeup.wait(IDLE_STEP_WAIT_S)  # nothing could run: wait for a command, do not spin
 
-    def _fail_all(self, engine: LLMEngine) -> None:
-        for request_id in engine.abort_all():
-            self._deliver_error(request_id, EngineDeadError("internal error in the engine step"))
+    def _die(self, reason: str) -> None:
+        """Marks the engine dead; every request in flight fails (on the event loop, which owns them)."""
+        self._dead = reason
+        self._stopping = True
+        self._post(self._fail_everything, reason)
+
+    def _fail_everything(self, reason: str) -> None:
+        for stream in self._streams.values():
+            stream.fail(EngineDeadError(f"the engine is dead: {reason}"))
+        for call in list(self._pending_calls):
+            if not call.done():
+                call.set_exception(EngineDeadError(f"the engine is dead: {reason}"))
 
     def _deliver_error(self, request_id: str, exc: Exception) -> None:
         self._post(self._route_error, request_id, exc)

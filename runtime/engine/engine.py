@@ -6,6 +6,9 @@
         for out in engine.step(): ...
 
 A step is schedule → run the model → sample → post-process (append, detokenize, stop checks).
+Sampling and post-processing are per request: when they raise for one request, that request alone
+ends (`take_failures()` names it and why) and the step goes on for the others; a model forward that
+raises is not attributable and propagates.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class LLMEngine:
         self.scheduler = Scheduler(pool, budget, config.max_running_requests, config.max_prefill_tokens_with_decodes)
         self.requests: dict[str, Request] = {}
         self._aborted: list[Request] = []
+        self._failures: list[tuple[str, str]] = []  # (request id, reason) of requests ended by a fault
+        self.num_scheduled_last_step = 0
         self.lora: LoRAManager | None = getattr(runner, "lora", None)  # None unless LoRA is enabled
         if self.lora is not None:
             self.scheduler.lora_fits = self.lora.fits
@@ -99,13 +104,13 @@ class LLMEngine:
         request = Request(request_id, list(prompt_token_ids), params, lora=self.find_adapter(lora_name))
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None]
-        for index in range(params.n):
+        for index in range(params.n):  # built in full before anything is queued: a failure leaves no trace
             detok = IncrementalDetokenizer(
                 self.tokenizer, request.prompt_token_ids, skip_special_tokens=params.skip_special_tokens,
                 stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
             )
-            seq = Sequence(request, index, detok, list(prompt_token_ids))
-            request.sequences.append(seq)
+            request.sequences.append(Sequence(request, index, detok, list(prompt_token_ids)))
+        for seq in request.sequences:
             self.scheduler.add(seq)
         self.requests[request_id] = request
         if grammar is not None:
@@ -135,6 +140,20 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests) or bool(self._aborted)
 
+    def take_failures(self) -> list[tuple[str, str]]:
+        """(request id, reason) of the requests a fault ended since the last call; they get no final output."""
+        failures, self._failures = self._failures, []
+        return failures
+
+    def _fail_request(self, request_id: str, exc: Exception) -> None:
+        logger.error("request %s failed in the engine and was ended: %r", request_id, exc,
+                     exc_info=(type(exc), exc, exc.__traceback__))
+        request = self.requests.get(request_id)
+        if request is not None:
+            self.abort_request(request_id)
+            self._aborted = [r for r in self._aborted if r is not request]
+            self._failures.append((request_id, f"the engine failed on this request: {exc!r}"))
+
     # -- the step --------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
@@ -142,6 +161,7 @@ class LLMEngine:
         self._aborted = []
         self._start_grammars()
         batch = self.scheduler.schedule().scheduled
+        self.num_scheduled_last_step = len(batch)
         if batch:
             now = time.monotonic()
             for item in batch:
@@ -149,12 +169,19 @@ class LLMEngine:
                 if req.first_scheduled_time is None:
                     req.first_scheduled_time = now
             step_logits = self.runner.execute(batch)
-            self._record_prompt_logprobs(batch, step_logits)
-            sampled = self._sample(batch, step_logits)
+            faults: dict[str, Exception] = {}  # request id -> what it raised
+            self._per_request(self._record_prompt_logprobs, batch, step_logits, faults)
+            sampled = self._per_request(self._sample, batch, step_logits, faults)
             self.scheduler.finish_step(batch)
             for seq, (token, logprob) in sampled.items():
-                self._append(seq, token, logprob)
-            touched.update((item.seq.request.request_id, item.seq.request) for item in batch)
+                try:
+                    self._append(seq, token, logprob)
+                except Exception as exc:  # detokenizer, grammar matcher, stop check: this request's own
+                    faults.setdefault(seq.request.request_id, exc)
+            for request_id, exc in faults.items():
+                self._fail_request(request_id, exc)
+            touched.update((item.seq.request.request_id, item.seq.request) for item in batch
+                           if item.seq.request.request_id not in faults)
         elif self._compiling:  # nothing to run until a grammar is ready: do not spin
             wait(list(self._compiling.values()), timeout=GRAMMAR_WAIT_S, return_when=FIRST_COMPLETED)
         outputs = collect_outputs(touched.values())
@@ -162,6 +189,24 @@ class LLMEngine:
             if out.finished:
                 self.requests.pop(out.request_id, None)
         return outputs
+
+    @staticmethod
+    def _per_request(fn, batch: list[ScheduledSequence], step: StepLogits, faults: dict[str, Exception]) -> dict:
+        """fn(batch, step) for the whole batch; when that raises, fn for each sequence alone, so the request
+        that raises is found (recorded in faults) and the others still get their result. Only on a fault."""
+        try:
+            return fn(batch, step) or {}
+        except Exception:
+            logger.warning("%s raised for the batch; retrying it sequence by sequence", fn.__name__)
+        merged: dict = {}
+        for item, where in zip(batch, step.rows, strict=True):
+            if item.seq.request.request_id in faults:
+                continue
+            try:
+                merged.update(fn([item], StepLogits(step.logits, [where])) or {})
+            except Exception as exc:
+                faults[item.seq.request.request_id] = exc
+        return merged
 
     def _start_grammars(self) -> None:
         """Requests whose grammar has compiled become schedulable, each sequence with its own matcher."""

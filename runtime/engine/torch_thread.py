@@ -61,6 +61,9 @@ class TorchThread:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     @property
     def name(self) -> str:
         return self._thread.name
