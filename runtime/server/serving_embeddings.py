@@ -3,8 +3,9 @@
 Every check that can be a 400 happens before the request is admitted: a generation model refuses the
 endpoint, an empty input, a token id outside the vocabulary, an input over the model's maximum length
 (unless `truncate_prompt_tokens` asks for truncation), `dimensions` on a model without Matryoshka
-support. Text is tokenized as sentence-transformers tokenizes it (the tokenizer's special tokens, its
-truncation side); token-id inputs are used as given. All inputs of a request go to the engine in one
+support. Text is tokenized as sentence-transformers prepares it (inputs.py: special tokens, the chat
+template where the checkpoint asks for it, the tokenizer's truncation side); token-id inputs are used as
+given. All inputs of a request go to the engine in one
 call, and the engine batches concurrent requests into shared forwards.
 """
 
@@ -20,6 +21,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from fleetserve.runtime.engine.embedding.inputs import tokenize_texts, truncate
 from fleetserve.runtime.engine.embedding.pooling import truncate_dimensions
 from fleetserve.runtime.server.errors import bad_request
 from fleetserve.runtime.server.protocol import EmbeddingRequest
@@ -87,22 +89,21 @@ def tokenize_inputs(state: ServerState, body: EmbeddingRequest) -> list[list[int
         if len(item) == 0:
             raise bad_request(f"input[{index}] is empty" if len(inputs) > 1 else "input is empty", "input")
     cut = _truncation(state, body)
-    tokenizer = state.engine.tokenizer
+    tokenizer, engine = state.engine.tokenizer, state.engine
     texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
     ids: list[list[int]] = [[] for _ in inputs]
     if texts:
-        kwargs: dict[str, Any] = {"truncation": True, "max_length": cut} if cut is not None else {}
-        encoded = tokenizer([x for _, x in texts], add_special_tokens=True, **kwargs)["input_ids"]
+        encoded = tokenize_texts(tokenizer, [x for _, x in texts], engine.message_format, cut)  # type: ignore[attr-defined]
         for (i, _), tokens in zip(texts, encoded, strict=True):
-            ids[i] = list(tokens)
-    vocab, right = state.vocab_size, getattr(tokenizer, "truncation_side", "right") == "right"
+            ids[i] = tokens
+    vocab, side = state.vocab_size, getattr(tokenizer, "truncation_side", "right")
     for i, x in enumerate(inputs):
         if isinstance(x, str):
             continue
         bad = [t for t in x if t >= vocab]
         if bad:
             raise bad_request(f"input[{i}] has token id {bad[0]} outside the vocabulary (0..{vocab - 1})", "input")
-        ids[i] = x if cut is None or len(x) <= cut else (x[:cut] if right else x[-cut:])
+        ids[i] = x if cut is None else truncate(x, cut, side)
     limit = state.max_model_len
     for i, tokens in enumerate(ids):
         if len(tokens) > limit:

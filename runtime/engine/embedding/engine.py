@@ -29,6 +29,7 @@ import torch
 from fleetserve.runtime.engine.async_engine import EngineDeadError
 from fleetserve.runtime.engine.config import EngineConfig
 from fleetserve.runtime.engine.embedding.batcher import take_batch
+from fleetserve.runtime.engine.embedding.inputs import resolve_message_format
 from fleetserve.runtime.engine.embedding.runner import EmbeddingRunner, build_runner
 from fleetserve.runtime.engine.torch_thread import TorchThread
 from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOutput, SamplingParams
@@ -66,6 +67,7 @@ class AsyncEmbeddingEngine:
         self.tokenizer = tokenizer
         self.model_config = runner.info  # architecture, max_model_len, vocab_size, dtype for the server
         self.spec = runner.spec
+        self.message_format = resolve_message_format(runner.spec.message_format, tokenizer)
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_inputs = max_batch_inputs
         self._worker = worker

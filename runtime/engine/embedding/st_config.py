@@ -10,8 +10,15 @@ maximum length and Matryoshka dimensions. Pure reading, no torch.
 - Matryoshka: `matryoshka_dimensions` (a list) or `is_matryoshka: true` in `config.json` (vLLM's
   convention); with neither, `dimensions` is refused.
 
+- Text through the chat template: sentence-transformers 6 turns each text into a one-message
+  conversation (`{"role": "user", ...}`) rendered by the tokenizer's chat template whenever the
+  Transformer module supports the "message" modality: `modality_config` in `sentence_bert_config.json`
+  says so (with the content `format`), and files without `modality_config` get it when the tokenizer
+  has a chat template. `message_format` records that ("auto" is settled once the tokenizer is loaded,
+  see inputs.py).
+
 A checkpoint without `modules.json` (forced with `--is-embedding`) gets the common defaults: CLS pooling
-for encoders, last-token pooling for decoders, normalized.
+for encoders, last-token pooling for decoders, normalized, plain text.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from fleetserve.runtime.engine.models import ModelKind
 from fleetserve.runtime.engine.types import EngineError
 
 PoolingMode = Literal["mean", "cls", "lasttoken"]
+MessageFormat = Literal["structured", "flat", "auto"]
 POOLING_MODES: tuple[PoolingMode, ...] = ("mean", "cls", "lasttoken")
 _LEGACY_FLAGS = {
     "pooling_mode_cls_token": "cls",
@@ -45,6 +53,7 @@ class EmbeddingSpec:
     is_matryoshka: bool = False
     matryoshka_dimensions: tuple[int, ...] | None = None  # allowed `dimensions`; None: any up to the size
     from_sentence_transformers: bool = True
+    message_format: MessageFormat | None = None  # None: texts are tokenized as they are
 
     def check_dimensions(self, dimensions: int, size: int) -> str | None:
         """Why `dimensions` cannot be served (None when it can)."""
@@ -81,6 +90,19 @@ def pooling_mode(config: dict[str, Any]) -> PoolingMode:
     if mode not in POOLING_MODES:
         raise EngineError(f"pooling {mode!r} is not supported (supported: {', '.join(POOLING_MODES)})")
     return mode
+
+
+def _message_format(model_dir: Path) -> MessageFormat | None:
+    sbert = model_dir / "sentence_bert_config.json"
+    modality = _read_json(sbert).get("modality_config") if sbert.exists() else None
+    if modality is None:
+        return "auto"  # older files: decided by the tokenizer having a chat template
+    if "message" not in modality:
+        return None
+    fmt = modality["message"].get("format", "auto")
+    if fmt not in ("structured", "flat", "auto"):
+        raise EngineError(f"message format {fmt!r} in {sbert} is not supported")
+    return fmt
 
 
 def _max_seq_length(model_dir: Path) -> int | None:
@@ -130,4 +152,5 @@ def read_embedding_spec(model_dir: Path, kind: ModelKind) -> EmbeddingSpec:
     if pooling is None:
         raise EngineError(f"{modules_path} has no Pooling module")
     return EmbeddingSpec(pooling=pooling, normalize=normalize, max_seq_length=_max_seq_length(model_dir),
-                         is_matryoshka=is_matryoshka, matryoshka_dimensions=dims)
+                         is_matryoshka=is_matryoshka, matryoshka_dimensions=dims,
+                         message_format=_message_format(model_dir))
