@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from fleetserve.runtime.engine.cache_events import CacheState
 from fleetserve.runtime.engine.config import EngineConfig
@@ -35,7 +35,13 @@ from fleetserve.runtime.engine.grammar_compiler import grammar_spec
 from fleetserve.runtime.engine.lora.adapter import AdapterError
 from fleetserve.runtime.engine.outputs import merge_outputs
 from fleetserve.runtime.engine.torch_thread import TorchThread
-from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOutput, SamplingParams
+from fleetserve.runtime.engine.types import (
+    EngineError,
+    EngineHealth,
+    EngineStats,
+    RequestOutput,
+    SamplingParams,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +68,6 @@ class EngineDeadError(RuntimeError):
 
 class RequestFailedError(RuntimeError):
     """The engine failed on this request alone; it ended, the others go on (the server answers 500)."""
-
-
-class EngineHealth(NamedTuple):
-    is_alive: bool
-    is_stepping: bool  # no work waiting, or a step finished within the stall timeout
-    reason: str | None  # why it is unhealthy
-
-    @property
-    def is_healthy(self) -> bool:
-        return self.is_alive and self.is_stepping
 
 
 class _OutputSlot:

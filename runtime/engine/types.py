@@ -6,7 +6,7 @@ No torch here: the server builds these from HTTP bodies and reads them back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -116,3 +116,15 @@ class EngineStats:
     @property
     def kv_cache_usage(self) -> float:
         return self.num_used_pages / self.num_total_pages if self.num_total_pages else 0.0
+
+
+class EngineHealth(NamedTuple):
+    """What /health reports: the step loop alive, and finishing steps when it has work."""
+
+    is_alive: bool
+    is_stepping: bool  # no work waiting, or a step finished within the stall timeout
+    reason: str | None  # why it is unhealthy
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.is_alive and self.is_stepping

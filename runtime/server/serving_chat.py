@@ -106,7 +106,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     ticket = state.admission.admit()
     stream = engine_stream(state, call.request_id, prompt_ids, params, adapter)
     if body.stream:
-        return SSEResponse(stream_chat(call, stream, ticket))
+        return SSEResponse(stream_chat(call, stream, ticket), on_close=ticket.release)
     try:
         result = await run_unless_disconnected(request, collect(stream, body.n))
     except ClientDisconnected:

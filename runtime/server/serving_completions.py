@@ -112,7 +112,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     ticket = state.admission.admit(len(prompts))
     streams = _start(call, params, adapter)
     if body.stream:
-        return SSEResponse(stream_completion(call, streams, ticket))
+        return SSEResponse(stream_completion(call, streams, ticket), on_close=ticket.release)
     try:
         results = await run_unless_disconnected(request, asyncio.gather(*(collect(s, body.n) for s in streams)))
     except ClientDisconnected:

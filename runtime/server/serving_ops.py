@@ -31,7 +31,14 @@ def fleetserve_version() -> str:
 
 
 async def health(request: Request) -> Response:
-    """200 while the server is up (liveness); /health_generate checks the engine end to end."""
+    """200 while the engine is alive and, when it has work, finishing steps; else 503 with the reason, so
+    Kubernetes restarts a pod whose engine died or hangs. /health_generate checks it end to end."""
+    check = getattr(get_state(request).engine, "health", None)  # engines without one: healthy while up
+    if check is not None:
+        status = check()
+        if not status.is_healthy:
+            logger.error("unhealthy: %s", status.reason)
+            raise APIError(503, f"the engine is unhealthy: {status.reason}")
     return Response(status_code=200)
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 
@@ -66,10 +66,22 @@ async def aclose_shielded(stream: Any) -> None:
 
 
 class SSEResponse(StreamingResponse):
+    """`on_close` runs once the response is over, however it ended: a client that left before the first
+    byte never starts the body generator, so the generator's own `finally` (which releases the admission
+    ticket) never runs — this does."""
+
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[bytes]):
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None] | None = None):
         super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.on_close is not None:
+                self.on_close()
 
     async def stream_response(self, send: Send) -> None:
         try:

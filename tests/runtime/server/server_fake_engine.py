@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerFast
 from fleetserve.runtime.engine.types import (
     CompletionOutput,
     EngineError,
+    EngineHealth,
     EngineStats,
     RequestOutput,
     SamplingParams,
@@ -61,6 +62,7 @@ class FakeEngine:
     aborted: list[str] = field(default_factory=list)
     active: set[str] = field(default_factory=set)
     started: bool = False
+    health_status: EngineHealth = field(default_factory=lambda: EngineHealth(True, True, None))
 
     def __post_init__(self) -> None:
         self.eos_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -141,3 +143,6 @@ class FakeEngine:
 
     async def flush_cache(self) -> bool:
         return not self.active
+
+    def health(self) -> EngineHealth:
+        return self.health_status
