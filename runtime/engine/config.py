@@ -47,6 +47,10 @@ class EngineConfig:
     max_loaded_loras: int | None = None  # adapters held on the host; None: no limit
     max_lora_rank: int | None = None  # None: the largest rank of lora_paths, else 64
     lora_target_modules: list[str] | None = None  # None: all of q/k/v/o/gate/up/down
+    # the worker simulator (runtime/sim, docs/simulator.md): a profile name replaces the model by a timed
+    # GPU cost model; model_path then only gives the tokenizer. Steps sleep modelled time x simulate_time_scale.
+    simulate: str | None = None
+    simulate_time_scale: float = 1.0
 
     def validate(self) -> None:
         """Raises EngineError for settings no engine can run with (a step that can never schedule a token)."""

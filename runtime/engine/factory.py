@@ -78,6 +78,10 @@ def build_lora(config: EngineConfig, model_config: ModelConfig, model: torch.nn.
 def build_engine(config: EngineConfig) -> LLMEngine:
     from transformers import AutoTokenizer
 
+    if config.simulate is not None:  # the worker simulator: its runner in place of the model's
+        from fleetserve.runtime.sim.engine import build_simulated_engine
+
+        return build_simulated_engine(config)
     device = resolve_device(config.device)
     model_dir = resolve_model_dir(config.model_path)
     model_config = ModelConfig.from_pretrained(model_dir, config.dtype, device.type, config.context_length)

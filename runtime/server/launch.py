@@ -14,11 +14,15 @@ from typing import Any
 
 import uvicorn
 
+from fleetserve.runtime.sim.profiles import PROFILES as SIM_PROFILES
 from fleetserve.runtime.wire import DEFAULT_PORT
 
 logger = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_S = 5
+NO_CHUNKING = -1  # --chunked-prefill-size -1, as in SGLang
+FLASHINFER_NOT_IMPLEMENTED = ("--attention-backend flashinfer: the FlashInfer backend is not implemented yet; "
+                              "use auto or torch (the torch backend runs on CPU and CUDA)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,13 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--page-size", type=int, default=16)
-    p.add_argument("--chunked-prefill-size", type=int, default=2048, help="token budget of one engine step")
+    p.add_argument("--chunked-prefill-size", type=int, default=2048,
+                   help="token budget of one engine step, at least --max-running-requests; -1: no chunking "
+                        "(a step can take a whole prompt)")
     p.add_argument("--kv-cache-memory-gb", type=float, help="KV cache size (default: engine's choice)")
     p.add_argument("--disable-radix-cache", action="store_true", help="turn prefix caching off")
-    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "flashinfer"])
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "flashinfer"],
+                   help="auto and torch: the torch backend; flashinfer is not implemented yet (refused)")
     p.add_argument("--skip-server-warmup", action="store_true",
                    help="start serving without first running a dummy full-budget batch (first requests pay for it)")
-    p.add_argument("--dp", type=int, default=1, help="engine processes (only 1 for now)")
+    p.add_argument("--dp", type=int, default=1,
+                   help="N worker processes on ports --port+1..N behind the built-in router on --port")
+    sim = p.add_argument_group("worker simulator (docs/simulator.md): not a model server")
+    sim.add_argument("--simulate", metavar="PROFILE", choices=sorted(SIM_PROFILES),
+                     help=f"replace the model by a timed GPU cost model: {', '.join(sorted(SIM_PROFILES))}; "
+                          "--model-path only gives the tokenizer")
+    sim.add_argument("--simulate-time-scale", type=float, default=1.0, metavar="X",
+                     help="steps sleep X times the modelled time (X > 1 runs more simulated workers per CPU)")
     p.add_argument("--is-embedding", action="store_true",
                    help="serve the model for /v1/embeddings only (detected from the checkpoint when it has "
                         "sentence-transformers files or is an encoder; this forces it)")
@@ -85,19 +99,21 @@ def engine_config(args: argparse.Namespace, model_path: str) -> Any:
         dtype=args.dtype,
         device=args.device,
         page_size=args.page_size,
-        max_num_batched_tokens=args.chunked_prefill_size,
+        max_num_batched_tokens=None if args.chunked_prefill_size == NO_CHUNKING else args.chunked_prefill_size,
         max_running_requests=args.max_running_requests,
         context_length=args.context_length,
         kv_cache_memory_gb=args.kv_cache_memory_gb,
         enable_prefix_caching=not args.disable_radix_cache,
         attention_backend=args.attention_backend,
-        warm_up=not args.skip_server_warmup,
+        warm_up=not args.skip_server_warmup and args.simulate is None,
         enable_lora=args.enable_lora or bool(args.lora_paths),
         lora_paths=lora_paths(args.lora_paths),
         max_loras_per_batch=args.max_loras_per_batch,
         max_loaded_loras=args.max_loaded_loras,
         max_lora_rank=args.max_lora_rank,
         lora_target_modules=args.lora_target_modules,
+        simulate=args.simulate,
+        simulate_time_scale=args.simulate_time_scale,
     )
 
 
@@ -117,7 +133,15 @@ def server_settings(args: argparse.Namespace, model_path: str) -> Any:
         max_running_requests=args.max_running_requests,
         max_queued_requests=args.max_queued_requests,
         server_args={**server_args, "model_path": model_path},
+        simulation=simulation_info(args),
     )
+
+
+def simulation_info(args: argparse.Namespace) -> dict[str, Any] | None:
+    """What /get_server_info says about the simulation (None for a real model)."""
+    if args.simulate is None:
+        return None
+    return {**SIM_PROFILES[args.simulate].describe(), "time_scale": args.simulate_time_scale}
 
 
 def resolve_model_path(model_path: str | None) -> str:
@@ -144,9 +168,30 @@ def serves_embeddings(args: argparse.Namespace, model_path: str) -> bool:
         return False  # building the engine reports why the path is unusable
 
 
+def check_scheduling_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Settings under which the engine could never schedule a token, or a running request not decode."""
+    if args.max_running_requests < 1:
+        parser.error("--max-running-requests must be at least 1")
+    if args.max_queued_requests is not None and args.max_queued_requests < 0:
+        parser.error("--max-queued-requests must be 0 or more")
+    budget = args.chunked_prefill_size
+    if budget != NO_CHUNKING and budget < 1:
+        parser.error("--chunked-prefill-size must be at least 1, or -1 for no chunking")
+    if budget != NO_CHUNKING and budget < args.max_running_requests:
+        parser.error(f"--chunked-prefill-size ({budget}) must be at least --max-running-requests "
+                     f"({args.max_running_requests}): every running request decodes a token in each step")
+    if args.page_size < 1:
+        parser.error("--page-size must be at least 1")
+    if args.attention_backend == "flashinfer":
+        parser.error(FLASHINFER_NOT_IMPLEMENTED)
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.dp != 1:
-        parser.error("--dp > 1 is not implemented yet")
+    check_scheduling_args(parser, args)
+    if args.dp < 1:
+        parser.error("--dp must be at least 1")
+    if args.simulate_time_scale <= 0:
+        parser.error("--simulate-time-scale must be positive")
     try:
         lora_paths(args.lora_paths)
     except ValueError as exc:
@@ -173,6 +218,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_args(parser, args)
+    if args.dp > 1:
+        from fleetserve.runtime.server.data_parallel import run_data_parallel
+
+        return run_data_parallel(args, argv)
     from fleetserve.runtime.engine.async_engine import AsyncEngine
     from fleetserve.runtime.engine.torch_thread import TorchThread
     from fleetserve.runtime.engine.types import EngineError
