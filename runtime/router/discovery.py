@@ -4,13 +4,16 @@
 Ready endpoints get traffic; terminating and not-yet-ready ones are known but get no new requests
 (their in-flight requests finish); endpoints no slice lists any more leave the set. The watch runs
 the `kubernetes` client (in-cluster config, else kubeconfig) in a thread: list, then watch from the
-list's resourceVersion, re-listing whenever the watch ends or fails.
+list's resourceVersion (raw JSON events), re-listing whenever the watch ends or fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -73,66 +76,80 @@ class EndpointSliceWatch:
         self.loop = loop
         self.slices: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
+        self._response: Any = None  # the open watch stream (urllib3 response)
         self._thread = threading.Thread(target=self._run, name="endpointslice-watch", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        """Ends the watch now: closes its open stream from this thread."""
         self._stop.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()
+                response.release_conn()
 
-    def _api(self) -> tuple[Any, Any]:
+    def _api(self) -> Any:
         from kubernetes import client, config
 
         configuration = client.Configuration()
         try:
             config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
-        api_client = client.ApiClient(configuration)
-        return api_client, client.DiscoveryV1Api(api_client)
+        except config.ConfigException:  # off-cluster: $KUBECONFIG (read now, not at the client's import)
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+        return client.DiscoveryV1Api(client.ApiClient(configuration))
 
-    def _owned(self, obj: dict[str, Any]) -> bool:
-        labels = (obj.get("metadata") or {}).get("labels") or {}
+    def _owned(self, obj: Any) -> bool:
+        labels = ((obj.get("metadata") or {}).get("labels") or {}) if isinstance(obj, dict) else {}
         return labels.get(SERVICE_NAME_LABEL) == self.service
 
     def _emit(self) -> None:
         endpoints = endpoints_from_slices(self.slices.values(), self.port_name)
         self.loop.call_soon_threadsafe(self.publish, endpoints)
 
-    def _run(self) -> None:
-        from kubernetes import watch
-
+    def _list_and_watch(self, api: Any) -> None:
         selector = f"{SERVICE_NAME_LABEL}={self.service}"
-        api_client = api = None
+        listing = json.loads(api.list_namespaced_endpoint_slice(
+            self.namespace, label_selector=selector, _preload_content=False, _request_timeout=(5, 30)).data)
+        self.slices = {s["metadata"]["name"]: s for s in listing.get("items") or [] if self._owned(s)}
+        self._emit()
+        self._response = api.list_namespaced_endpoint_slice(
+            self.namespace, label_selector=selector, watch=True, _preload_content=False,
+            resource_version=(listing.get("metadata") or {}).get("resourceVersion"),
+            timeout_seconds=WATCH_TIMEOUT_SECONDS, _request_timeout=(5, WATCH_TIMEOUT_SECONDS + 10))
+        try:
+            for line in self._response:
+                if self._stop.is_set():
+                    return
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":  # e.g. 410 Gone: list again
+                    return
+                obj = event.get("object")
+                if not self._owned(obj):
+                    continue
+                if event.get("type") == "DELETED":
+                    self.slices.pop(obj["metadata"]["name"], None)
+                else:
+                    self.slices[obj["metadata"]["name"]] = obj
+                self._emit()
+        finally:
+            self._response.release_conn()
+            self._response = None
+
+    def _run(self) -> None:
+        api = None
         while not self._stop.is_set():
             try:
                 if api is None:
-                    api_client, api = self._api()
-                listing = api.list_namespaced_endpoint_slice(self.namespace, label_selector=selector,
-                                                             _request_timeout=(5, 30))
-                items = [api_client.sanitize_for_serialization(s) for s in listing.items]
-                self.slices = {s["metadata"]["name"]: s for s in items if self._owned(s)}
-                self._emit()
-                stream = watch.Watch().stream(
-                    api.list_namespaced_endpoint_slice, self.namespace, label_selector=selector,
-                    resource_version=listing.metadata.resource_version, timeout_seconds=WATCH_TIMEOUT_SECONDS,
-                    _request_timeout=(5, WATCH_TIMEOUT_SECONDS + 10))
-                for event in stream:
-                    if self._stop.is_set():
-                        return
-                    if event["type"] == "ERROR":
-                        break
-                    obj = api_client.sanitize_for_serialization(event["object"])
-                    if not isinstance(obj, dict) or not self._owned(obj):
-                        continue
-                    name = obj["metadata"]["name"]
-                    if event["type"] == "DELETED":
-                        self.slices.pop(name, None)
-                    else:
-                        self.slices[name] = obj
-                    self._emit()
+                    api = self._api()
+                self._list_and_watch(api)
             except Exception as exc:  # the API server is away or refuses: log, wait, list again
+                if self._stop.is_set():
+                    return
                 logger.warning("EndpointSlice watch of %s/%s failed: %r; retrying", self.namespace,
                                self.service, exc)
                 self._stop.wait(RETRY_SECONDS)
