@@ -13,7 +13,7 @@ import sys
 # subcommand -> (module with a `main(argv: list[str]) -> int | None`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("fleetserve.runtime.server.launch", "run the OpenAI-compatible runtime server"),
-    "router": ("fleetserve.runtime.router.launch", "run the prefix-cache-aware router (not implemented yet)"),
+    "router": ("fleetserve.runtime.router.launch", "run the prefix-cache-, load- and LoRA-aware router"),
     "operator": ("fleetserve.operator.main", "run the kopf operator"),
     "bench": ("fleetserve.runtime.bench.main", "benchmark an OpenAI-compatible server"),
     "demo-model": ("fleetserve.runtime.demo.cli", "write the built-in demo model as a HF checkpoint"),
