@@ -10,7 +10,12 @@ import kmock
 import pytest
 import yaml
 
-from fleetserve.runtime.router.discovery import EndpointSliceWatch, endpoints_from_slices, own_namespace, slice_port
+from fleetserve.runtime.router.discovery import (
+    EndpointSliceWatch,
+    endpoints_from_slices,
+    own_namespace,
+    slice_port,
+)
 from fleetserve.runtime.router.workers import WorkerSet
 
 NAMESPACE = "ml"
