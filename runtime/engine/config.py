@@ -38,7 +38,7 @@ class EngineConfig:
     kv_cache_memory_gb: float | None = None  # None: 2 GiB on CPU, 85% of free memory on CUDA
     num_pages: int | None = None  # exact page count (tests); wins over kv_cache_memory_gb
     enable_prefix_caching: bool = True
-    attention_backend: str = "auto"  # auto | torch | flashinfer
+    attention_backend: str = "auto"  # auto | torch (flashinfer: not implemented yet, refused)
     warm_up: bool = False  # building the engine ends with LLMEngine.warm_up() (the server turns it on)
     # LoRA (docs/lora.md): adapters served only when enable_lora; lora_paths are loaded at start (name -> path)
     enable_lora: bool = False
@@ -62,6 +62,10 @@ class EngineConfig:
             raise EngineError(f"max_running_requests must be at least 1, got {self.max_running_requests}")
         if self.page_size < 1:
             raise EngineError(f"page_size must be at least 1, got {self.page_size}")
+        if self.attention_backend == "flashinfer":
+            raise EngineError("the flashinfer attention backend is not implemented yet; use auto or torch")
+        if self.attention_backend not in ("auto", "torch"):
+            raise EngineError(f"unknown attention backend {self.attention_backend!r}; choose auto or torch")
 
 
 @dataclass(slots=True)

@@ -33,19 +33,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_backend(name: str, kv_cache: list[torch.Tensor], cfg: ModelConfig) -> AttentionBackend:
+    """The torch backend (CPU and CUDA). FlashInfer is not implemented yet: asking for it is an error, and
+    auto picks torch on CUDA too."""
     scale = cfg.head_dim**-0.5
     device = kv_cache[0].device
-    if name == "flashinfer" or (name == "auto" and device.type == "cuda"):
-        try:
-            from fleetserve.runtime.engine.attention_flashinfer import FlashInferBackend
-        except ImportError as exc:
-            if name == "flashinfer":
-                raise EngineError(f"the flashinfer attention backend is not available: {exc}") from exc
-            logger.warning("flashinfer backend unavailable (%s); using the torch backend", exc)
-        else:
-            return FlashInferBackend(kv_cache, cfg, scale)
-    if name not in ("auto", "torch", "flashinfer"):
-        raise EngineError(f"unknown attention backend {name!r}; choose auto, torch or flashinfer")
+    if name == "flashinfer":
+        raise EngineError("the flashinfer attention backend is not implemented yet; use auto or torch "
+                          "(the torch backend runs on CPU and CUDA)")
+    if name not in ("auto", "torch"):
+        raise EngineError(f"unknown attention backend {name!r}; choose auto or torch")
     return TorchAttentionBackend(kv_cache, scale, cpu_kernels.load() if device.type == "cpu" else None)
 
 
@@ -78,6 +74,7 @@ def build_lora(config: EngineConfig, model_config: ModelConfig, model: torch.nn.
 def build_engine(config: EngineConfig) -> LLMEngine:
     from transformers import AutoTokenizer
 
+    config.validate()  # before anything is loaded
     if config.simulate is not None:  # the worker simulator: its runner in place of the model's
         from fleetserve.runtime.sim.engine import build_simulated_engine
 
