@@ -14,6 +14,8 @@ PROBE_TIMEOUT_SECONDS = 5
 STARTUP_TIMEOUT_SECONDS = 30 * 60
 TERMINATION_GRACE_SECONDS = 120  # long enough to drain streamed completions
 REVISION_HISTORY_LIMIT = 3
+# progressDeadlineSeconds = the startup timeout plus this much for scheduling and pulling the image.
+PROGRESS_MARGIN_SECONDS = 10 * 60
 
 # The image's non-root user (see the Dockerfile's USER).
 RUN_AS_USER = 10001
@@ -27,6 +29,7 @@ HF_HOME = f"{CACHE_MOUNT_PATH}/huggingface"
 # Environment variable names the runtime reads.
 ENV_HF_TOKEN = "HF_TOKEN"
 ENV_HF_HOME = "HF_HOME"
+ENV_FLEETSERVE_CACHE = "FLEETSERVE_CACHE"  # runtime/paths.py: demo models and compiled kernels go there
 ENV_API_KEY = wire.ENV_API_KEY
 
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -2,13 +2,13 @@
 
 - create / update / resume of an InferenceService reconcile it at once;
 - a timer reconciles it every ``resync_seconds`` (drift repair, children deleted by hand);
-- events of its Deployments and Services (status changes, deletions) reconcile the parent, found
-  through a kopf index, so its status follows the pods without waiting for the timer.
+- events of its Deployments, Services and Pods (status changes, deletions) reconcile the parent,
+  found through a kopf index, so its status follows the pods without waiting for the timer;
+- every one of them writes the status through the one ``StatusWriter`` (status/writer.py).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,8 +19,8 @@ from fleetserve.operator import names
 from fleetserve.operator.config import OperatorConfig
 from fleetserve.operator.kube import KubeClient, KubeError, Ref
 from fleetserve.operator.reconcile.loop import reconcile, refresh_status
-from fleetserve.operator.settings import HANDLER_BACKOFF_SECONDS, configure
-from fleetserve.operator.status.compute import status_changes
+from fleetserve.operator.settings import CHILD_RESOURCES, HANDLER_BACKOFF_SECONDS, configure
+from fleetserve.operator.status.writer import StatusWriter
 from fleetserve.runtime import wire
 
 RETRY_DELAY_SECONDS = 10
@@ -30,54 +30,56 @@ LoginFn = Callable[..., kopf.ConnectionInfo | None]
 
 
 def make_memo(config: OperatorConfig) -> kopf.Memo:
-    return kopf.Memo(config=config, client=KubeClient())
+    client = KubeClient()
+    return kopf.Memo(config=config, client=client, writer=StatusWriter(client))
 
 
-async def reconcile_or_retry(memo: Any, body: Mapping[str, Any], logger: kopf.Logger) -> dict[str, Any]:
+def isvc_ref(namespace: str, name: str) -> Ref:
+    return Ref(names.API_VERSION, names.KIND, namespace, name)
+
+
+async def on_inference_service(namespace: str, name: str, logger: kopf.Logger, memo: Any, **_: Any) -> None:
+    """Create, update, resume, resync: reconcile the children and write the status, through the writer."""
+    async def compute(live: dict[str, Any]) -> dict[str, Any]:
+        return await reconcile(memo.client, memo.config, live, logger)
+
     try:
-        return await reconcile(memo.client, memo.config, body, logger)
+        await memo.writer.update(isvc_ref(namespace, name), compute)
     except (KubeError, aiohttp.ClientError, TimeoutError) as error:
         raise kopf.TemporaryError(f"Kubernetes API call failed: {error}", delay=RETRY_DELAY_SECONDS) from error
 
 
-async def on_inference_service(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, memo: Any,
-                               **_: Any) -> None:
-    """Reconcile and put the status changes into kopf's patch of the InferenceService."""
-    new_status = await reconcile_or_retry(memo, body, logger)
-    patch.status.update(status_changes(body.get("status") or {}, new_status))
-
-
 def inference_services(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """Index: (namespace, name) -> the InferenceService, for handlers of its children."""
-    return {(namespace, name): copy.deepcopy(dict(body))}
+    """Index: (namespace, name) -> True for every InferenceService, for handlers of its children."""
+    return {(namespace, name): True}
 
 
 async def on_child_event(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                          labels: Mapping[str, str], logger: kopf.Logger, memo: Any, **kwargs: Any) -> None:
-    """A Deployment or Service of ours changed or vanished.
+    """A Deployment, Service or Pod of ours changed or vanished.
 
-    Deleted: reconcile its InferenceService, which recreates it. A Deployment changed: refresh
-    the InferenceService's status from the Deployments (two reads), so status follows the pods.
+    A Deployment or Service deleted: reconcile its InferenceService, which recreates it. A Deployment
+    or Pod changed: refresh the status from the Deployments and pods, so status follows the pods.
     Other Service changes need nothing.
     """
     is_deleted = event.get("type") == "DELETED"
-    if namespace is None or (not is_deleted and body.get("kind") != "Deployment"):
+    kind = body.get("kind")
+    if namespace is None or (kind == "Service" and not is_deleted):
         return
     parent_name = labels[wire.LABEL_SERVICE]
-    index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["inference_services"]  # see inference_services()
-    for parent in index.get((namespace, parent_name), []):
-        if parent["metadata"].get("deletionTimestamp"):
-            continue  # being deleted: the garbage collector removes the children
-        try:
-            if is_deleted:
-                new_status = await reconcile(memo.client, memo.config, parent, logger)
-            else:
-                new_status = await refresh_status(memo.client, parent)
-            changes = status_changes(parent.get("status") or {}, new_status)
-            if changes:
-                await memo.client.patch_status(Ref(names.API_VERSION, names.KIND, namespace, parent_name), changes)
-        except (KubeError, aiohttp.ClientError, TimeoutError) as error:  # the resync timer retries
-            logger.warning("Could not reconcile InferenceService %s: %s", parent_name, error)
+    index: kopf.Index[tuple[str, str], bool] = kwargs["inference_services"]  # see inference_services()
+    if (namespace, parent_name) not in index:
+        return
+
+    async def compute(live: dict[str, Any]) -> dict[str, Any]:
+        if is_deleted and kind != "Pod":
+            return await reconcile(memo.client, memo.config, live, logger)
+        return await refresh_status(memo.client, live)
+
+    try:  # the writer skips an InferenceService being deleted: the garbage collector removes the children
+        await memo.writer.update(isvc_ref(namespace, parent_name), compute)
+    except (KubeError, aiohttp.ClientError, TimeoutError) as error:  # the resync timer retries
+        logger.warning("Could not reconcile InferenceService %s: %s", parent_name, error)
 
 
 def default_login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -109,7 +111,7 @@ def build_registry(config: OperatorConfig, login: LoginFn = default_login) -> ko
         on(*RESOURCE, id=handler_id, backoff=HANDLER_BACKOFF_SECONDS, registry=registry)(on_inference_service)
     kopf.timer(*RESOURCE, id="resync", interval=config.resync_seconds, initial_delay=config.resync_seconds,
                registry=registry)(on_inference_service)
-    for group_version, plural in (("apps/v1", "deployments"), ("v1", "services")):
+    for group_version, plural in CHILD_RESOURCES:
         kopf.on.event(group_version, plural, id=f"{plural}-changed", labels=CHILD_LABELS,
                       registry=registry)(on_child_event)
     return registry

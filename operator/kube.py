@@ -25,6 +25,7 @@ MERGE = "application/merge-patch+json"
 NOT_FOUND = 404
 CONFLICT = 409
 REQUEST_TIMEOUT_SECONDS = 30
+USER_AGENT = f"{names.FIELD_MANAGER} (fleetserve)"
 
 PLURALS = {
     "Deployment": "deployments",
@@ -33,6 +34,8 @@ PLURALS = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "Ingress": "ingresses",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "Pod": "pods",
     names.KIND: names.PLURAL,
 }
 
@@ -124,7 +127,8 @@ class KubeClient:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=ssl_context(self._info))
             self._session = aiohttp.ClientSession(
-                base_url=self._info.server.rstrip("/"), connector=connector, headers=auth_headers(self._info),
+                base_url=self._info.server.rstrip("/"), connector=connector,
+                headers=auth_headers(self._info) | {"User-Agent": USER_AGENT},
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS), trust_env=self._info.trust_env,
             )
         return self._session
@@ -156,8 +160,16 @@ class KubeClient:
         params = {"fieldManager": names.FIELD_MANAGER, "force": "true"}
         return await self._call("PATCH", Ref.of(manifest).path(), manifest, APPLY, params)
 
-    async def patch_status(self, ref: Ref, status: Mapping[str, Any]) -> Obj:
-        return await self._call("PATCH", f"{ref.path()}/status", {"status": status}, MERGE)
+    async def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[Obj]:
+        path = Ref(api_version, kind, namespace, "").collection_path()
+        return list((await self._call("GET", path, params={"labelSelector": label_selector})).get("items") or [])
+
+    async def patch_status(self, ref: Ref, status: Mapping[str, Any], resource_version: str | None = None) -> Obj:
+        """Merge-patch ``status``; with ``resource_version``, only if the object is still at it (else 409)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return await self._call("PATCH", f"{ref.path()}/status", body, MERGE)
 
     async def delete(self, ref: Ref) -> bool:
         try:

@@ -15,7 +15,7 @@ ERROR_BACKOFFS = (1, 2, 5, 10, 30, 60)
 HANDLER_BACKOFF_SECONDS = 15
 WATCH_SERVER_TIMEOUT_SECONDS = 300  # the API server closes a watch after this; kopf reconnects
 WATCH_CLIENT_TIMEOUT_SECONDS = 330
-CHILD_RESOURCES = (("apps/v1", "deployments"), ("v1", "services"))
+CHILD_RESOURCES = (("apps/v1", "deployments"), ("v1", "services"), ("v1", "pods"))
 
 
 def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:

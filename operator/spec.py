@@ -8,7 +8,7 @@ live here as constraints; checks across fields live in ``validation.py`` and sur
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
@@ -19,6 +19,16 @@ from fleetserve.operator import defaults
 Quantity = Annotated[
     int | str,
     WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+IntOrPercent = Annotated[
+    int | str,
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+# A Kubernetes object the operator copies into the pod spec as is (affinity, a volume, …): the API
+# server validates it when the Deployment is written.
+KubeObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
 ]
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 URI_PATTERN = r"^[a-z][a-z0-9+.-]*://.+$"
@@ -97,6 +107,30 @@ class Resources(Model):
     )
 
 
+class ModelCache(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "!(has(self.persistentVolumeClaim) && has(self.hostPath))",
+         "message": "set persistentVolumeClaim or hostPath, not both"}]})
+
+    persistent_volume_claim: str | None = Field(
+        default=None, description="A ReadWriteMany PersistentVolumeClaim shared by every replica: the first "
+        "one downloads, the others find the weights there.", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    host_path: str | None = Field(default=None, description="A directory on the node shared by the replicas "
+                                  "on that node (a node cache).", pattern=r"^/")
+    size_limit: Quantity | None = Field(default=None, description="sizeLimit of the per-pod emptyDir used "
+                                        "when neither a claim nor a host path is set.")
+
+
+class Rollout(Model):
+    max_surge: IntOrPercent = Field(description="Extra pods a rollout may start (count or percentage).")
+    max_unavailable: IntOrPercent = Field(description="Pods a rollout may take down (count or percentage).")
+
+
+class DisruptionBudget(Model):
+    max_unavailable: IntOrPercent = Field(default=1, description="Runtime pods voluntary disruptions (node "
+                                          "drains) may take down at once.")
+
+
 class Runtime(Model):
     image: str | None = Field(
         default=None, description="Container image running `fleetserve serve`. Defaults to the operator's "
@@ -122,6 +156,30 @@ class Runtime(Model):
     log_level: LogLevel = Field(default="info", description="--log-level of the runtime.")
     enable_cache_report: bool = Field(default=True, description="--enable-cache-report: report cached "
                                       "prompt tokens in usage.")
+    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on the "
+                                            "runtime pods.")
+    pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the runtime pods "
+                                       "(the operator's own labels win on a clash).")
+    affinity: KubeObject | None = Field(default=None, description="Pod affinity and anti-affinity "
+                                        "(a Kubernetes Affinity object), e.g. one replica per node.")
+    topology_spread_constraints: list[KubeObject] = Field(
+        default_factory=list, description="Kubernetes TopologySpreadConstraints for the runtime pods; a "
+        "constraint without labelSelector gets the runtime pods' selector.")
+    priority_class_name: str | None = Field(default=None, description="PriorityClass of the runtime pods.",
+                                            min_length=1)
+    runtime_class_name: str | None = Field(default=None, description="RuntimeClass of the runtime pods, e.g. "
+                                           "nvidia.", min_length=1)
+    volumes: list[KubeObject] = Field(default_factory=list, description="Extra pod volumes (Kubernetes "
+                                      "Volume objects).")
+    volume_mounts: list[KubeObject] = Field(default_factory=list, description="Extra volume mounts of the "
+                                            "runtime container (Kubernetes VolumeMount objects).")
+    model_cache: ModelCache = Field(default_factory=lambda: ModelCache(), description="Where downloaded "
+                                    "weights are kept (HF_HOME).")
+    shm_size_limit: Quantity | None = Field(default=None, description="sizeLimit of the in-memory /dev/shm "
+                                            "volume GPU replicas get.")
+    rollout: Rollout | None = Field(default=None, description="RollingUpdate bounds; by default maxSurge 0 / "
+                                    "maxUnavailable 1 when GPUs are requested (a full GPU node cannot take a "
+                                    "surge pod), else maxSurge 1 / maxUnavailable 0.")
     startup_timeout_seconds: int = Field(
         default=defaults.STARTUP_TIMEOUT_SECONDS, description="How long a replica may take to download "
         "and load the model before it is restarted.", ge=defaults.PROBE_PERIOD_SECONDS)
@@ -134,11 +192,13 @@ class Replicas(Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         {"rule": "self.min <= self.max", "message": "replicas.min must not exceed replicas.max"}]})
 
-    min: int = Field(default=1, description="Fewest runtime replicas the autoscaler keeps.", ge=1)
-    max: int = Field(default=1, description="Most runtime replicas the autoscaler may run.", ge=1)
-    count: int | None = Field(
-        default=None, description="Fixed runtime replica count when autoscaling is off (defaults to min); "
-        "`kubectl scale` sets it.", ge=0)
+    min: int = Field(default=1, description="Fewest runtime replicas the autoscaler keeps (autoscaling on "
+                     "only).", ge=1)
+    max: int = Field(default=1, description="Most runtime replicas the autoscaler may run (autoscaling on "
+                     "only).", ge=1)
+    count: int = Field(
+        default=1, description="Runtime replicas while autoscaling is off; the scale subresource "
+        "(`kubectl scale`, an HPA, KEDA) reads and sets it. Ignored while autoscaling is on.", ge=0)
 
 
 class Autoscaling(Model):
@@ -195,6 +255,10 @@ class InferenceServiceSpec(Model):
                                     "runtime with --enable-lora.")
     router: Router = Field(default_factory=Router, description="The router in front of the runtime pods.")
     ingress: Ingress | None = Field(default=None, description="Expose the router outside the cluster.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets with registry "
+                                          "credentials, for the runtime and the router pods.")
+    disruption_budget: DisruptionBudget | None = Field(default=None, description="A PodDisruptionBudget for "
+                                                       "the runtime pods; none when empty.")
     api_key_secret: ApiKeySecret | None = Field(default=None, description="Secret holding the API key "
                                                 "clients must send as a Bearer token.")
 
@@ -214,7 +278,9 @@ class InferenceServiceStatus(Model):
     """Observed state, written by the operator only."""
 
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing and Degraded, "
-                                        "following Kubernetes condition conventions.")
+                                        "following Kubernetes condition conventions; one per type.",
+                                        json_schema_extra={"x-kubernetes-list-type": "map",
+                                                           "x-kubernetes-list-map-keys": ["type"]})
     observed_generation: int | None = Field(default=None, description="metadata.generation the status "
                                             "reflects.", ge=0)
     replicas: int = Field(default=0, description="Runtime pods that exist.", ge=0)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleetserve.operator import defaults, names
+from fleetserve.operator.manifests.disruption import build_disruption_budget
 from fleetserve.operator.manifests.ingress import build_ingress, ingress_url
 from fleetserve.operator.manifests.meta import Manifest, Owner
 from fleetserve.operator.manifests.router import (
@@ -22,13 +23,13 @@ from fleetserve.operator.spec import InferenceServiceSpec
 def desired_replicas(spec: InferenceServiceSpec, status: Mapping[str, Any]) -> int:
     """Runtime replicas to ask for.
 
-    Autoscaling off: ``replicas.count`` (what `kubectl scale` sets), else ``replicas.min``.
-    Autoscaling on: the autoscaler's last decision in ``status.desiredReplicas`` clamped to
-    [min, max]; ``min`` until it has made one.
+    One owner at a time. Autoscaling off: ``replicas.count``, which the scale subresource reads and
+    writes (`kubectl scale`, an HPA, KEDA). Autoscaling on: the autoscaler's last decision in
+    ``status.desiredReplicas`` clamped to [min, max]; ``min`` until it has made one.
     """
     bounds = spec.replicas
     if not spec.autoscaling.enabled:
-        return bounds.min if bounds.count is None else bounds.count
+        return bounds.count
     decided = status.get("desiredReplicas") or bounds.min
     return max(bounds.min, min(bounds.max, int(decided)))
 
@@ -44,9 +45,19 @@ def build_children(owner: Owner, spec: InferenceServiceSpec, image: str, replica
         build_router_service(owner),
         build_router_deployment(owner, spec, image),
     ]
+    if spec.disruption_budget is not None:
+        children.append(build_disruption_budget(owner, spec.disruption_budget))
     if spec.ingress is not None:
         children.append(build_ingress(owner, spec.ingress))
     return children
+
+
+def optional_children(owner: Owner, spec: InferenceServiceSpec) -> list[tuple[str, str, str, bool]]:
+    """(apiVersion, kind, name, wanted) of the children the spec may or may not ask for."""
+    return [
+        ("networking.k8s.io/v1", "Ingress", names.ingress_name(owner.name), spec.ingress is not None),
+        ("policy/v1", "PodDisruptionBudget", names.runtime_name(owner.name), spec.disruption_budget is not None),
+    ]
 
 
 def service_url(owner: Owner, spec: InferenceServiceSpec) -> str:

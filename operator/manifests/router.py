@@ -11,7 +11,13 @@ from typing import Any
 
 from fleetserve.operator import defaults, names
 from fleetserve.operator.manifests.meta import Manifest, Owner, object_meta, quantities
-from fleetserve.operator.manifests.pod import PORT_NAME, container_security, http_probe, pod_security
+from fleetserve.operator.manifests.pod import (
+    PORT_NAME,
+    container_security,
+    http_probe,
+    image_pull_secrets,
+    pod_security,
+)
 from fleetserve.operator.spec import InferenceServiceSpec
 from fleetserve.runtime import wire
 
@@ -69,6 +75,7 @@ def build_router_deployment(owner: Owner, spec: InferenceServiceSpec, image: str
                     "containers": [router_container(owner, spec, image)],
                     "securityContext": pod_security(),
                     "enableServiceLinks": False,
+                    **image_pull_secrets(spec),
                 },
             },
         },

@@ -6,8 +6,16 @@ from typing import Any
 
 from fleetserve.operator import defaults, names
 from fleetserve.operator.manifests.meta import Manifest, Owner, object_meta, quantities
-from fleetserve.operator.manifests.pod import PORT_NAME, container_security, http_probe, pod_security
-from fleetserve.operator.sources import DemoLocation, HubLocation, Location, PvcLocation, parse_source
+from fleetserve.operator.manifests.pod import (
+    PORT_NAME,
+    container_security,
+    http_probe,
+    image_pull_secrets,
+    placement,
+    pod_security,
+)
+from fleetserve.operator.manifests.volumes import runtime_volumes
+from fleetserve.operator.sources import DemoLocation, HubLocation, Location, parse_source
 from fleetserve.operator.spec import InferenceServiceSpec, Runtime
 from fleetserve.runtime import wire
 
@@ -58,7 +66,10 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
 
 
 def runtime_env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": defaults.ENV_HF_HOME, "value": defaults.HF_HOME}]
+    env: list[dict[str, Any]] = [
+        {"name": defaults.ENV_HF_HOME, "value": defaults.HF_HOME},
+        {"name": defaults.ENV_FLEETSERVE_CACHE, "value": defaults.CACHE_MOUNT_PATH},  # demo models, kernels
+    ]
     token = spec.model.hub_token_secret
     if token is not None:
         env.append(_secret_env(defaults.ENV_HF_TOKEN, token.name, token.key))
@@ -79,19 +90,6 @@ def runtime_resources(runtime: Runtime) -> dict[str, Any]:
     return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
 
 
-def _volumes(spec: InferenceServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    volumes: list[dict[str, Any]] = [{"name": "cache", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "cache", "mountPath": defaults.CACHE_MOUNT_PATH}]
-    location = parse_source(spec.model.source)
-    if isinstance(location, PvcLocation):
-        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": location.claim, "readOnly": True}})
-        mounts.append({"name": "model", "mountPath": defaults.MODEL_MOUNT_PATH, "readOnly": True})
-    if spec.runtime.resources.gpus > 0:  # NCCL and CUDA IPC need more than the default 64Mi /dev/shm
-        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
-        mounts.append({"name": "shm", "mountPath": defaults.SHM_MOUNT_PATH})
-    return volumes, mounts
-
-
 def probes(runtime: Runtime) -> dict[str, Any]:
     """Startup allows the whole model load; liveness and readiness only begin after it succeeds."""
     startup_failures = -(-runtime.startup_timeout_seconds // defaults.PROBE_PERIOD_SECONDS)
@@ -103,7 +101,7 @@ def probes(runtime: Runtime) -> dict[str, Any]:
 
 
 def runtime_container(spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
-    _, mounts = _volumes(spec)
+    _, mounts = runtime_volumes(spec)
     return {
         "name": CONTAINER,
         "image": spec.runtime.image or image,
@@ -118,21 +116,41 @@ def runtime_container(spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
     }
 
 
-def runtime_pod_spec(spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
-    volumes, _ = _volumes(spec)
-    pod: dict[str, Any] = {
+def runtime_pod_spec(owner: Owner, spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
+    volumes, _ = runtime_volumes(spec)
+    return {
         "containers": [runtime_container(spec, image)],
         "volumes": volumes,
         "securityContext": pod_security(),
         "terminationGracePeriodSeconds": spec.runtime.termination_grace_period_seconds,
         "automountServiceAccountToken": False,  # the runtime never talks to the Kubernetes API
         "enableServiceLinks": False,
+        **image_pull_secrets(spec),
+        **placement(spec.runtime, names.selector_labels(owner.name, names.RUNTIME)),
     }
-    if spec.runtime.node_selector:
-        pod["nodeSelector"] = dict(spec.runtime.node_selector)
-    if spec.runtime.tolerations:
-        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.runtime.tolerations]
-    return pod
+
+
+def rollout_strategy(runtime: Runtime) -> dict[str, Any]:
+    """A GPU node is usually full: a surge pod would wait for a GPU forever, so replace in place."""
+    if runtime.rollout is not None:
+        bounds = {"maxSurge": runtime.rollout.max_surge, "maxUnavailable": runtime.rollout.max_unavailable}
+    elif runtime.resources.gpus > 0:
+        bounds = {"maxSurge": 0, "maxUnavailable": 1}
+    else:
+        bounds = {"maxSurge": 1, "maxUnavailable": 0}
+    return {"type": "RollingUpdate", "rollingUpdate": bounds}
+
+
+def pod_metadata(owner: Owner, runtime: Runtime) -> dict[str, Any]:
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(wire.DEFAULT_PORT),
+        "prometheus.io/path": wire.PATH_METRICS,
+    }
+    return {
+        "labels": dict(runtime.pod_labels) | names.labels(owner.name, names.RUNTIME),
+        "annotations": dict(runtime.pod_annotations) | annotations,
+    }
 
 
 def build_runtime_deployment(owner: Owner, spec: InferenceServiceSpec, image: str, replicas: int) -> Manifest:
@@ -144,17 +162,13 @@ def build_runtime_deployment(owner: Owner, spec: InferenceServiceSpec, image: st
         "spec": {
             "replicas": replicas,
             "revisionHistoryLimit": defaults.REVISION_HISTORY_LIMIT,
+            # A replica may take the whole startup timeout to load its model before it is late.
+            "progressDeadlineSeconds": spec.runtime.startup_timeout_seconds + defaults.PROGRESS_MARGIN_SECONDS,
+            "strategy": rollout_strategy(spec.runtime),
             "selector": {"matchLabels": names.selector_labels(owner.name, names.RUNTIME)},
             "template": {
-                "metadata": {
-                    "labels": names.labels(owner.name, names.RUNTIME),
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(wire.DEFAULT_PORT),
-                        "prometheus.io/path": wire.PATH_METRICS,
-                    },
-                },
-                "spec": runtime_pod_spec(spec, image),
+                "metadata": pod_metadata(owner, spec.runtime),
+                "spec": runtime_pod_spec(owner, spec, image),
             },
         },
     }

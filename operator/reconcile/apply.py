@@ -29,6 +29,22 @@ def is_subset(desired: Any, live: Any) -> bool:
     return bool(desired == live)
 
 
+# Fields the API server refuses to change in place; a change to one means delete and create.
+IMMUTABLE_FIELDS = {"Deployment": (("spec", "selector"),), "Service": (("spec", "clusterIP"),)}
+
+
+def immutable_change(manifest: Mapping[str, Any], live: Mapping[str, Any]) -> str | None:
+    """The dotted path of an immutable field the manifest sets to another value than the live one."""
+    for path in IMMUTABLE_FIELDS.get(manifest.get("kind", ""), ()):
+        desired, current = manifest, live
+        for part in path:
+            desired = desired.get(part) if isinstance(desired, Mapping) else None
+            current = current.get(part) if isinstance(current, Mapping) else None
+        if desired is not None and not is_subset(desired, current):
+            return ".".join(path)
+    return None
+
+
 def controller_uid(obj: Mapping[str, Any]) -> str | None:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
@@ -70,6 +86,11 @@ async def ensure(client: KubeClient, owner: Owner, manifest: Obj, logger: kopf.L
                                 f"InferenceService; rename or delete it")
     if is_subset(manifest, live):
         return live
+    field = immutable_change(manifest, live)
+    if field is not None:  # e.g. a selector changed by hand or by an older operator version
+        logger.warning("Recreating %s %s: its %s cannot change in place", ref.kind, ref.name, field)
+        await client.delete(ref)
+        return await create(client, manifest)
     logger.info("Updating %s %s", ref.kind, ref.name)
     return await client.apply(manifest)
 

@@ -14,8 +14,13 @@ import kopf
 
 from fleetserve.operator import names
 from fleetserve.operator.config import OperatorConfig
-from fleetserve.operator.kube import KubeClient, KubeError, Ref
-from fleetserve.operator.manifests.children import build_children, desired_replicas, service_url
+from fleetserve.operator.kube import KubeClient, KubeError, Obj, Ref
+from fleetserve.operator.manifests.children import (
+    build_children,
+    desired_replicas,
+    optional_children,
+    service_url,
+)
 from fleetserve.operator.manifests.meta import Owner
 from fleetserve.operator.reconcile.apply import OwnershipConflict, ensure, remove
 from fleetserve.operator.spec import InferenceServiceSpec
@@ -28,6 +33,7 @@ from fleetserve.operator.status.compute import (
 )
 from fleetserve.operator.status.conditions import DEGRADED, PROGRESSING, READY, ConditionState, now_rfc3339
 from fleetserve.operator.validation import check_spec
+from fleetserve.runtime import wire
 
 CHILD_CONFLICT = "ChildConflict"  # a child's name is taken by an object this service does not own
 CHILD_REJECTED = "ChildRejected"  # the API server refused a child (400/422): the spec must change
@@ -37,6 +43,11 @@ FORBIDDEN = "Forbidden"  # the operator lacks RBAC for a child (403): the chart'
 FAILURE_REASONS = {400: CHILD_REJECTED, 422: CHILD_REJECTED, 403: FORBIDDEN}
 
 
+async def list_pods(client: KubeClient, owner: Owner) -> list[Obj]:
+    """The runtime and router pods, for pod-level failures (ImagePullBackOff, OOMKilled, …)."""
+    return await client.list("v1", "Pod", owner.namespace, f"{wire.LABEL_SERVICE}={owner.name}")
+
+
 async def apply_children(
     client: KubeClient, owner: Owner, spec: InferenceServiceSpec, config: OperatorConfig, replicas: int,
     logger: kopf.Logger,
@@ -44,13 +55,21 @@ async def apply_children(
     live = {}
     for manifest in build_children(owner, spec, config.runtime_image, replicas):
         live[(manifest["kind"], manifest["metadata"]["name"])] = await ensure(client, owner, manifest, logger)
-    if spec.ingress is None:
-        await remove(client, owner, Ref("networking.k8s.io/v1", "Ingress", owner.namespace,
-                                        names.ingress_name(owner.name)), logger)
+    for api_version, kind, name, wanted in optional_children(owner, spec):
+        if not wanted:
+            await remove(client, owner, Ref(api_version, kind, owner.namespace, name), logger)
     return Observed(
         runtime=live.get(("Deployment", names.runtime_name(owner.name))),
         router=live.get(("Deployment", names.router_name(owner.name))),
+        pods=await list_pods(client, owner),
     )
+
+
+async def observe(client: KubeClient, owner: Owner) -> Observed:
+    """The Deployments and pods as they are now (three reads, no writes)."""
+    runtime = await client.get(Ref("apps/v1", "Deployment", owner.namespace, names.runtime_name(owner.name)))
+    router = await client.get(Ref("apps/v1", "Deployment", owner.namespace, names.router_name(owner.name)))
+    return Observed(runtime=runtime, router=router, pods=await list_pods(client, owner))
 
 
 def failure_conditions(reason: str, message: str) -> list[ConditionState]:
@@ -78,9 +97,10 @@ def healthy_status(body: Mapping[str, Any], spec: InferenceServiceSpec, observed
     )
 
 
-def invalid_status(body: Mapping[str, Any], message: str) -> dict[str, Any]:
+def invalid_status(body: Mapping[str, Any], message: str, observed: Observed) -> dict[str, Any]:
     generation = body["metadata"].get("generation")
-    return build_status(body.get("status") or {}, invalid_conditions(message), generation, now_rfc3339())
+    return build_status(body.get("status") or {}, invalid_conditions(message, observed), generation,
+                        now_rfc3339())
 
 
 async def reconcile(
@@ -90,8 +110,8 @@ async def reconcile(
     owner = Owner.from_body(body)
     check = check_spec(owner.name, body.get("spec") or {})
     if check.spec is None:
-        logger.warning("Invalid spec, nothing rolled out: %s", check.message)
-        return invalid_status(body, check.message)
+        logger.warning("Invalid spec, nothing rolled out (the last valid one keeps serving): %s", check.message)
+        return invalid_status(body, check.message, await observe(client, owner))
     desired = desired_replicas(check.spec, body.get("status") or {})
     try:
         observed = await apply_children(client, owner, check.spec, config, desired, logger)
@@ -107,11 +127,10 @@ async def reconcile(
 
 
 async def refresh_status(client: KubeClient, body: Mapping[str, Any]) -> dict[str, Any]:
-    """The status from the Deployments as they are now, without writing anything (two reads)."""
+    """The status from the Deployments and pods as they are now, without writing anything."""
     owner = Owner.from_body(body)
+    observed = await observe(client, owner)
     check = check_spec(owner.name, body.get("spec") or {})
     if check.spec is None:
-        return invalid_status(body, check.message)
-    runtime = await client.get(Ref("apps/v1", "Deployment", owner.namespace, names.runtime_name(owner.name)))
-    router = await client.get(Ref("apps/v1", "Deployment", owner.namespace, names.router_name(owner.name)))
-    return healthy_status(body, check.spec, Observed(runtime=runtime, router=router))
+        return invalid_status(body, check.message, observed)
+    return healthy_status(body, check.spec, observed)

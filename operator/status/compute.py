@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from fleetserve.operator.status.conditions import (
@@ -19,10 +19,54 @@ Obj = Mapping[str, Any]
 
 
 class Observed(NamedTuple):
-    """What the cluster reports: the runtime and router Deployments as last read (None if absent)."""
+    """What the cluster reports: the runtime and router Deployments as last read (None if absent) and
+    the pods of both."""
 
     runtime: Obj | None
     router: Obj | None
+    pods: Sequence[Obj] = ()
+
+
+class PodProblem(NamedTuple):
+    reason: str  # the kubelet's or scheduler's reason, e.g. ImagePullBackOff
+    message: str
+
+
+# Waiting reasons that will not resolve by waiting; pods keep retrying, so the condition clears itself
+# once the cause is fixed (an image pushed, a Secret created, a GPU freed).
+STUCK_WAITING = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
+                           "CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+OOM_KILLED = "OOMKilled"
+UNSCHEDULABLE = "Unschedulable"
+
+
+def container_problem(pod_name: str, status: Obj) -> PodProblem | None:
+    waiting = (status.get("state") or {}).get("waiting") or {}
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    where = f"pod {pod_name} container {status.get('name', '')}"
+    if last.get("reason") == OOM_KILLED and not status.get("ready"):  # restarting after running out of memory
+        return PodProblem(OOM_KILLED, f"{where} was OOMKilled (exit code {last.get('exitCode')}, "
+                          f"{status.get('restartCount', 0)} restarts): raise its memory limit")
+    if waiting.get("reason") in STUCK_WAITING:
+        detail = f": {waiting['message']}" if waiting.get("message") else ""
+        return PodProblem(waiting["reason"], f"{where}: {waiting['reason']}{detail}")
+    return None
+
+
+def pod_problem(pods: Sequence[Obj]) -> PodProblem | None:
+    """The first pod-level failure (by pod name), in the words of the scheduler or the kubelet."""
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        status, name = pod.get("status") or {}, pod["metadata"]["name"]
+        scheduled = find(status.get("conditions") or [], "PodScheduled") or {}
+        if scheduled.get("status") == "False" and scheduled.get("reason") == UNSCHEDULABLE:
+            return PodProblem(UNSCHEDULABLE, f"pod {name} cannot be scheduled: {scheduled.get('message', '')}")
+        for container in status.get("containerStatuses") or []:
+            problem = container_problem(name, container)
+            if problem is not None:
+                return problem
+    return None
 
 
 class Rollout(NamedTuple):
@@ -44,12 +88,13 @@ class Rollout(NamedTuple):
         return self.current_generation_seen and self.updated == desired == self.replicas and self.ready >= desired
 
 
-def ready_condition(runtime: Rollout, router: Rollout, desired: int) -> ConditionState:
+def ready_condition(runtime: Rollout, router: Rollout, desired: int,
+                    problem: PodProblem | None = None) -> ConditionState:
     if desired == 0:
         return ConditionState(READY, "False", "ScaledToZero", "replicas.count is 0: no runtime pods run")
     if runtime.ready == 0:
-        return ConditionState(READY, "False", "RuntimeNotReady", f"0/{desired} runtime replicas ready "
-                              "(pods may still be pulling the image or loading the model)")
+        why = problem.message if problem else "pods may still be pulling the image or loading the model"
+        return ConditionState(READY, "False", "RuntimeNotReady", f"0/{desired} runtime replicas ready ({why})")
     if router.ready == 0:
         return ConditionState(READY, "False", "RouterNotReady", "no router replica is ready")
     return ConditionState(READY, "True", "Ready", f"{runtime.ready}/{desired} runtime replicas ready")
@@ -62,7 +107,9 @@ def progressing_condition(runtime: Rollout, desired: int) -> ConditionState:
                           f"{runtime.updated}/{desired} replicas updated, {runtime.ready} ready")
 
 
-def degraded_condition(deployment: Obj | None) -> ConditionState:
+def degraded_condition(deployment: Obj | None, problem: PodProblem | None = None) -> ConditionState:
+    if problem is not None:
+        return ConditionState(DEGRADED, "True", problem.reason, problem.message)
     conditions = ((deployment or {}).get("status") or {}).get("conditions") or []
     progressing = find(conditions, "Progressing")
     if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
@@ -73,9 +120,18 @@ def degraded_condition(deployment: Obj | None) -> ConditionState:
     return ConditionState(DEGRADED, "False", "AsExpected", "")
 
 
-def invalid_conditions(message: str) -> list[ConditionState]:
+def invalid_conditions(message: str, observed: Observed | None = None) -> list[ConditionState]:
+    """The spec cannot be rolled out. Pods of the last valid spec, if any, keep serving: Ready says
+    whether they do, Degraded says why nothing changes."""
+    runtime = Rollout.of(observed.runtime if observed else None)
+    router = Rollout.of(observed.router if observed else None)
+    if runtime.ready > 0 and router.ready > 0:
+        ready = ConditionState(READY, "True", "ServingLastValidSpec", f"{runtime.ready} runtime replicas of the "
+                               f"last valid spec serve; the current spec is invalid: {message}")
+    else:
+        ready = ConditionState(READY, "False", INVALID_SPEC, message)
     return [
-        ConditionState(READY, "False", INVALID_SPEC, message),
+        ready,
         ConditionState(PROGRESSING, "False", INVALID_SPEC, "fix the spec; nothing is rolled out until then"),
         ConditionState(DEGRADED, "True", INVALID_SPEC, message),
     ]
@@ -83,10 +139,11 @@ def invalid_conditions(message: str) -> list[ConditionState]:
 
 def healthy_conditions(observed: Observed, desired: int) -> list[ConditionState]:
     runtime, router = Rollout.of(observed.runtime), Rollout.of(observed.router)
+    problem = pod_problem(observed.pods)
     return [
-        ready_condition(runtime, router, desired),
+        ready_condition(runtime, router, desired, problem),
         progressing_condition(runtime, desired),
-        degraded_condition(observed.runtime),
+        degraded_condition(observed.runtime, problem),
     ]
 
 

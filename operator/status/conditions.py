@@ -30,7 +30,9 @@ def now_rfc3339() -> str:
 def merge_conditions(
     current: Sequence[Mapping[str, Any]], states: Sequence[ConditionState], generation: int | None, now: str
 ) -> list[dict[str, Any]]:
-    """New conditions in ``states`` order; a condition whose status did not change keeps its time."""
+    """The conditions as a map keyed by type: ``states`` replace the conditions of their types (in
+    ``states`` order), conditions of other types (another control loop's) stay as they are. A
+    condition whose status did not change keeps its lastTransitionTime."""
     previous = {c.get("type"): c for c in current}
     merged = []
     for state in states:
@@ -46,7 +48,8 @@ def merge_conditions(
         if generation is not None:
             condition["observedGeneration"] = generation
         merged.append(condition)
-    return merged
+    replaced = {state.type for state in states}
+    return merged + [dict(c) for c in current if c.get("type") not in replaced]
 
 
 def find(conditions: Sequence[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:

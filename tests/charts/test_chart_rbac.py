@@ -11,7 +11,8 @@ from fleetserve.operator.manifests.children import build_children
 from fleetserve.operator.manifests.meta import Owner
 from fleetserve.operator.spec import InferenceServiceSpec
 
-SPEC = InferenceServiceSpec.model_validate({"model": {"source": "hf://o/m"}, "ingress": {"host": "h"}})
+SPEC = InferenceServiceSpec.model_validate({"model": {"source": "hf://o/m"}, "ingress": {"host": "h"},
+                                            "disruptionBudget": {}})
 CHILDREN = build_children(Owner("x", "ns", "uid"), SPEC, "img", 1)
 
 
@@ -34,12 +35,15 @@ def test_operator_may_create_read_and_apply_every_child(child):
         assert allows(namespaced_rules(), group_of(child["apiVersion"]), PLURALS[child["kind"]], verb), verb
 
 
-def test_operator_may_watch_the_children_it_has_handlers_for_and_delete_ingresses():
+def test_operator_may_watch_the_children_it_has_handlers_for_and_delete_what_it_removes():
     rules = namespaced_rules()
-    for group, resource in (("apps", "deployments"), ("", "services")):
+    for group, resource in (("apps", "deployments"), ("", "services"), ("", "pods")):
         assert allows(rules, group, resource, "list") and allows(rules, group, resource, "watch")
-    assert allows(rules, "networking.k8s.io", "ingresses", "delete")
-    assert not allows(rules, "apps", "deployments", "delete")  # the garbage collector does that
+    assert allows(rules, "networking.k8s.io", "ingresses", "delete")  # spec.ingress removed
+    assert allows(rules, "policy", "poddisruptionbudgets", "delete")  # spec.disruptionBudget removed
+    # an immutable field changed: delete and create again
+    assert allows(rules, "apps", "deployments", "delete") and allows(rules, "", "services", "delete")
+    assert not allows(rules, "", "pods", "delete")  # pods are the Deployment controller's
 
 
 def test_operator_may_handle_inference_services_and_write_their_status():

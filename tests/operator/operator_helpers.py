@@ -27,6 +27,8 @@ RESOURCES = {
     "rbac.authorization.k8s.io/v1/rolebindings": ("RoleBinding", set()),
     "networking.k8s.io/v1/ingresses": ("Ingress", {"status"}),
     "v1/events": ("Event", set()),
+    "v1/pods": ("Pod", {"status"}),
+    "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", {"status"}),
 }
 # kopf's backbone: it waits for these to be discoverable even when it does not need their objects.
 CLUSTER_RESOURCES = {

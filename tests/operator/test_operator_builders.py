@@ -189,7 +189,7 @@ def test_every_child_is_owned_and_labelled():
     ("replicas", "autoscaling", "status", "expected"),
     [
         ({}, False, {}, 1),
-        ({"min": 2, "max": 5}, False, {}, 2),
+        ({"min": 2, "max": 5}, False, {}, 1),  # min and max bound the autoscaler only
         ({"min": 1, "max": 5, "count": 4}, False, {}, 4),
         ({"count": 0}, False, {}, 0),
         ({"min": 2, "max": 5}, True, {}, 2),

@@ -1,4 +1,4 @@
-"""kopf handlers called directly with kopf.Body, kopf.Patch and a logger, over an in-memory API."""
+"""kopf handlers called directly with their kwargs and a logger, over an in-memory API."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import pytest
 from fleetserve.operator.config import OperatorConfig
 from fleetserve.operator.handlers import inference_services, on_child_event, on_inference_service
 from fleetserve.operator.kube import KubeError, Ref
+from fleetserve.operator.status.writer import StatusWriter
 
 LOGGER = logging.getLogger("test")
 CONFIG = OperatorConfig(runtime_image="registry.test/fleetserve:1")
+ISVC = Ref("fleetserve.io/v1alpha1", "InferenceService", "ml", "qwen")
 
 
 class FakeKube:
@@ -48,13 +50,17 @@ class FakeKube:
         self.writes.append(("delete", ref))
         return self.objects.pop(ref, None) is not None
 
-    async def patch_status(self, ref, status):
+    async def list(self, api_version, kind, namespace, label_selector):
+        return [copy.deepcopy(o) for ref, o in self.objects.items() if ref.kind == kind and ref.namespace == namespace]
+
+    async def patch_status(self, ref, status, resource_version=None):
         self.status_patches.append((ref, status))
-        return {}
+        self.objects[ref].setdefault("status", {}).update(copy.deepcopy(status))
+        return copy.deepcopy(self.objects[ref])
 
 
 def memo(client: FakeKube) -> kopf.Memo:
-    return kopf.Memo(client=client, config=CONFIG)
+    return kopf.Memo(client=client, config=CONFIG, writer=StatusWriter(client))
 
 
 def body(spec: dict, status: dict | None = None, generation: int = 1) -> kopf.Body:
@@ -72,10 +78,12 @@ def as_kopf_index(entries: dict) -> dict:
 SPEC = {"model": {"source": "hf://Qwen/Qwen3-8B"}}
 
 
-async def reconcile_once(client: FakeKube, raw: kopf.Body) -> kopf.Patch:
-    patch = kopf.Patch()
-    await on_inference_service(body=raw, patch=patch, logger=LOGGER, memo=memo(client))
-    return patch
+async def reconcile_once(client: FakeKube, raw: kopf.Body) -> dict:
+    """Store ``raw`` as the InferenceService, run the handler; returns {"status": written} or {}."""
+    client.objects[ISVC] = copy.deepcopy(dict(raw))
+    before = len(client.status_patches)
+    await on_inference_service(namespace="ml", name="qwen", logger=LOGGER, memo=memo(client))
+    return {"status": client.status_patches[-1][1]} if len(client.status_patches) > before else {}
 
 
 async def test_first_reconcile_creates_children_and_reports_not_ready():
@@ -132,8 +140,11 @@ async def test_an_object_owned_by_someone_else_is_left_alone():
 
 
 async def test_api_errors_are_retried_by_kopf_not_raised_raw():
+    client = FakeKube()
+    client.objects[ISVC] = dict(body(SPEC))
+    client.fail_with = 503
     with pytest.raises(kopf.TemporaryError):
-        await reconcile_once(FakeKube(fail_with=503), body(SPEC))
+        await on_inference_service(namespace="ml", name="qwen", logger=LOGGER, memo=memo(client))
 
 
 async def test_removing_the_ingress_deletes_it():
@@ -154,6 +165,7 @@ def child_event(type_: str | None, kind: str) -> dict:
 
 async def test_a_deleted_child_makes_the_parent_reconcile_and_recreate_it():
     client = FakeKube()
+    client.objects[ISVC] = dict(body(SPEC))
     index = as_kopf_index(inference_services(namespace="ml", name="qwen", body=body(SPEC)))
     await on_child_event(**child_event("DELETED", "Deployment"), memo=memo(client), inference_services=index)
     assert ("apply", Ref("apps/v1", "Deployment", "ml", "qwen-runtime")) in client.writes
@@ -170,6 +182,8 @@ async def test_a_changed_deployment_only_refreshes_the_parents_status():
     client.objects[runtime]["status"] = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}
     client.objects[Ref("apps/v1", "Deployment", "ml", "qwen-router")]["status"] = {"readyReplicas": 1}
     parent = body(SPEC, status=dict(first["status"]))
+    client.objects[ISVC] = dict(parent)
+    client.status_patches.clear()
     index = as_kopf_index(inference_services(namespace="ml", name="qwen", body=parent))
     await on_child_event(**child_event("MODIFIED", "Deployment"), memo=memo(client), inference_services=index)
     assert client.writes == []
@@ -185,8 +199,11 @@ async def test_child_events_that_need_nothing_do_nothing():
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     gone_parent = as_kopf_index(inference_services(namespace="ml", name="qwen", body=deleting))
     live_parent = as_kopf_index(inference_services(namespace="ml", name="qwen", body=body(SPEC)))
+    client.objects[ISVC] = dict(deleting)
     await on_child_event(**child_event("DELETED", "Deployment"), memo=memo(client), inference_services=gone_parent)
     await on_child_event(**child_event("DELETED", "Service"), memo=memo(client), inference_services={})
+    await on_child_event(**child_event("MODIFIED", "Service"), memo=memo(client), inference_services=live_parent)
+    client.objects[ISVC] = dict(body(SPEC))
     await on_child_event(**child_event("MODIFIED", "Service"), memo=memo(client), inference_services=live_parent)
     assert client.writes == [] and client.status_patches == []
 

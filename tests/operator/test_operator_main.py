@@ -60,7 +60,7 @@ def test_kopf_settings(monkeypatch):
     assert settings.peering.mandatory and not settings.peering.standalone
     assert settings.posting.level >= 30  # only warnings and errors become Kubernetes Events
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
-    assert list(settings.watching.label_selectors.values()) == ["fleetserve.io/inference-service"] * 2
+    assert list(settings.watching.label_selectors.values()) == ["fleetserve.io/inference-service"] * 3
 
 
 def test_cli_dispatches_operator_help(capsys):
