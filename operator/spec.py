@@ -34,7 +34,7 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 URI_PATTERN = r"^[a-z][a-z0-9+.-]*://.+$"
 HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
-Policy = Literal["cache_aware", "round_robin", "least_load", "random"]
+Policy = Literal["cache_aware", "round_robin", "least_load", "power_of_two", "random"]
 DType = Literal["auto", "float16", "bfloat16", "float32"]
 Device = Literal["cuda", "cpu"]
 LogLevel = Literal["debug", "info", "warning", "error"]

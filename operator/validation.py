@@ -33,7 +33,8 @@ def check_spec(name: str, raw: Mapping[str, Any]) -> SpecCheck:
         spec = InferenceServiceSpec.model_validate(dict(raw))
     except pydantic.ValidationError as error:
         return SpecCheck(None, [_describe(e) for e in error.errors()])
-    problems = _check_name(name) + _check_sources(spec) + _check_replicas(spec) + _check_adapters(spec)
+    problems = (_check_name(name) + _check_sources(spec) + _check_replicas(spec) + _check_adapters(spec)
+                + _check_cache(spec))
     return SpecCheck(None if problems else spec, problems)
 
 
@@ -70,4 +71,14 @@ def _check_replicas(spec: InferenceServiceSpec) -> list[str]:
 
 def _check_adapters(spec: InferenceServiceSpec) -> list[str]:
     counts = Counter(adapter.name for adapter in spec.adapters)
-    return [f"spec.adapters: the name {name!r} is used {n} times" for name, n in counts.items() if n > 1]
+    problems = [f"spec.adapters: the name {name!r} is used {n} times" for name, n in counts.items() if n > 1]
+    return problems + [f"spec.adapters[{i}].source: demo:// names a base model, not an adapter"
+                       for i, adapter in enumerate(spec.adapters) if adapter.source.startswith("demo://")]
+
+
+def _check_cache(spec: InferenceServiceSpec) -> list[str]:
+    """The CRD's CEL rule says the same; clusters that do not run CEL rules still get told."""
+    cache = spec.runtime.model_cache
+    if cache.persistent_volume_claim and cache.host_path:
+        return ["spec.runtime.modelCache: set persistentVolumeClaim or hostPath, not both"]
+    return []

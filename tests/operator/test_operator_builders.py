@@ -42,7 +42,27 @@ PVC_LORA = {
     "adapters": [{"name": "sql", "source": "pvc://models/adapters/sql"}],
     "replicas": {"count": 0},
 }
-SPECS: dict[str, dict[str, Any]] = {"minimal": MINIMAL, "gpu-ingress": GPU_INGRESS, "pvc-lora": PVC_LORA}
+PLATFORM = {  # every field a platform team reaches for
+    "model": {"source": "hf://Qwen/Qwen3-8B"},
+    "runtime": {
+        "resources": {"gpus": 1},
+        "podAnnotations": {"team": "search"}, "podLabels": {"cost-center": "42"},
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {
+                "matchLabels": {"fleetserve.io/inference-service": "qwen"}}}}]}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                       "whenUnsatisfiable": "ScheduleAnyway"}],
+        "priorityClassName": "inference-high", "runtimeClassName": "nvidia",
+        "volumes": [{"name": "extra", "configMap": {"name": "prompts"}}],
+        "volumeMounts": [{"name": "extra", "mountPath": "/etc/prompts", "readOnly": True}],
+        "modelCache": {"persistentVolumeClaim": "hf-cache"}, "shmSizeLimit": "8Gi",
+        "rollout": {"maxSurge": "25%", "maxUnavailable": 0},
+    },
+    "imagePullSecrets": ["regcred"],
+    "disruptionBudget": {"maxUnavailable": "50%"},
+}
+SPECS: dict[str, dict[str, Any]] = {"minimal": MINIMAL, "gpu-ingress": GPU_INGRESS, "pvc-lora": PVC_LORA,
+                                    "platform": PLATFORM}
 
 
 def spec_of(raw: dict) -> InferenceServiceSpec:
@@ -205,7 +225,7 @@ def test_desired_replicas(replicas, autoscaling, status, expected):
 
 quantity = st.one_of(st.integers(1, 64), st.sampled_from(["500m", "2", "8Gi", "512Mi"]))
 specs = st.fixed_dictionaries(
-    {"model": st.fixed_dictionaries({"source": st.sampled_from(["hf://org/m", "pvc://c/p/q", "pvc://c"])})},
+    {"model": st.fixed_dictionaries({"source": st.sampled_from(["hf://org/m", "pvc://c/p/q", "pvc://c", "demo://llama-tiny"])})},
     optional={
         "runtime": st.fixed_dictionaries({}, optional={
             "resources": st.fixed_dictionaries({}, optional={
@@ -216,7 +236,7 @@ specs = st.fixed_dictionaries(
             "logLevel": st.sampled_from(["debug", "info"]),
         }),
         "router": st.fixed_dictionaries({}, optional={
-            "policy": st.sampled_from(["cache_aware", "round_robin", "least_load", "random"]),
+            "policy": st.sampled_from(["cache_aware", "round_robin", "least_load", "power_of_two", "random"]),
             "replicas": st.integers(1, 5)}),
         "ingress": st.fixed_dictionaries({"host": st.sampled_from(["a.example.com", "llm.test"])}),
     },

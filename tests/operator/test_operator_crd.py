@@ -72,11 +72,16 @@ def test_schema_carries_required_fields_enums_minimums_and_defaults():
     spec = schema()["properties"]["spec"]
     assert spec["required"] == ["model"]
     assert spec["properties"]["model"]["required"] == ["source"]
-    assert spec["properties"]["router"]["properties"]["policy"]["enum"] == [
-        "cache_aware", "round_robin", "least_load", "random"]
+    from fleetserve.runtime.router.launch import POLICY_NAMES  # the router's own choices
+
+    assert sorted(spec["properties"]["router"]["properties"]["policy"]["enum"]) == sorted(POLICY_NAMES)
     assert spec["properties"]["router"]["properties"]["policy"]["default"] == "cache_aware"
     assert spec["properties"]["runtime"]["properties"]["resources"]["properties"]["gpus"]["minimum"] == 0
     assert spec["properties"]["replicas"]["default"] == {}
+    # the API server fills replicas.count in, so the scale subresource reads 1, not 0, when it is unset
+    assert spec["properties"]["replicas"]["properties"]["count"]["default"] == 1
+    conditions = schema()["properties"]["status"]["properties"]["conditions"]
+    assert (conditions["x-kubernetes-list-type"], conditions["x-kubernetes-list-map-keys"]) == ("map", ["type"])
     rules = spec["properties"]["replicas"]["x-kubernetes-validations"]
     assert rules[0]["rule"] == "self.min <= self.max"
 

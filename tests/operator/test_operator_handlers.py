@@ -13,6 +13,7 @@ from fleetserve.operator.config import OperatorConfig
 from fleetserve.operator.handlers import inference_services, on_child_event, on_inference_service
 from fleetserve.operator.kube import KubeError, Ref
 from fleetserve.operator.status.writer import StatusWriter
+from fleetserve.runtime import wire
 
 LOGGER = logging.getLogger("test")
 CONFIG = OperatorConfig(runtime_image="registry.test/fleetserve:1")
@@ -242,3 +243,30 @@ async def test_without_create_on_apply_children_are_posted():
     await reconcile_once(client, body(SPEC))
     runtime = Ref("apps/v1", "Deployment", "ml", "qwen-runtime")
     assert ("create", runtime) in client.writes and runtime in client.objects
+
+
+async def test_a_spec_turning_invalid_keeps_the_serving_pods_and_says_so():
+    client = FakeKube()
+    first = await reconcile_once(client, body(SPEC))
+    for name in ("qwen-runtime", "qwen-router"):
+        client.objects[Ref("apps/v1", "Deployment", "ml", name)]["status"] = {
+            "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}
+    client.writes.clear()
+    patch = await reconcile_once(client, body({"model": {"source": "s3://b/m"}}, status=dict(first["status"]),
+                                              generation=2))
+    assert client.writes == []  # the Deployments of the last valid spec stay as they are
+    ready, progressing, degraded = patch["status"]["conditions"][:3]
+    assert (ready["status"], ready["reason"]) == ("True", "ServingLastValidSpec") and "s3://" in ready["message"]
+    assert (progressing["status"], progressing["reason"]) == ("False", "InvalidSpec")
+    assert (degraded["status"], degraded["reason"]) == ("True", "InvalidSpec")
+
+
+async def test_a_changed_immutable_selector_recreates_the_deployment():
+    client = FakeKube()
+    await reconcile_once(client, body(SPEC))
+    runtime = Ref("apps/v1", "Deployment", "ml", "qwen-runtime")
+    client.objects[runtime]["spec"]["selector"] = {"matchLabels": {"app": "made-by-an-older-version"}}
+    client.writes.clear()
+    await reconcile_once(client, body(SPEC))
+    assert client.writes == [("delete", runtime), ("apply", runtime)]  # apply creates, as a real server does
+    assert client.objects[runtime]["spec"]["selector"]["matchLabels"][wire.LABEL_SERVICE] == "qwen"
