@@ -50,6 +50,7 @@ class RequestResult:
     generated_text: str = ""
     usage_prompt_tokens: int | None = None  # prompt_tokens reported by the server
     usage_output_tokens: int | None = None  # completion_tokens reported by the server
+    usage_cached_tokens: int | None = None  # prompt_tokens_details.cached_tokens, when the server reports it
     output_tokens: int | None = None  # resolved after the run (usage, else tokenizer)
 
 
@@ -123,6 +124,9 @@ def record_usage(chunk: dict, result: RequestResult) -> None:
         result.usage_prompt_tokens = int(usage["prompt_tokens"])
     if usage.get("completion_tokens") is not None:
         result.usage_output_tokens = int(usage["completion_tokens"])
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    if cached is not None:
+        result.usage_cached_tokens = int(cached)
 
 
 async def read_stream(
