@@ -40,7 +40,7 @@ def immutable_change(manifest: Mapping[str, Any], live: Mapping[str, Any]) -> st
         for part in path:
             desired = desired.get(part) if isinstance(desired, Mapping) else None
             current = current.get(part) if isinstance(current, Mapping) else None
-        if desired is not None and not is_subset(desired, current):
+        if desired is not None and desired != current:  # a selector with an extra label selects other pods
             return ".".join(path)
     return None
 

@@ -197,6 +197,8 @@ class ClusterApi(kmock.KubernetesEmulator):
     scale_paths: dict[Any, ScalePaths] = attrs.field(factory=dict, init=False)
     schemas: dict[Any, dict[str, Any]] = attrs.field(factory=dict, init=False)
     num_writes: int = attrs.field(default=0, init=False)
+    # (method, path, User-Agent) of every successful write, for "who wrote what" assertions
+    write_log: list[tuple[str, str, str]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -222,6 +224,8 @@ class ClusterApi(kmock.KubernetesEmulator):
             response = await super()._handle(request)
             if response.status < 400:
                 self.num_writes += 1
+                self.write_log.append((str(request.method.value), request.url.path,
+                                       request.headers.get("User-Agent", "")))
                 await self._after_write(request)
             return response
 
@@ -354,6 +358,8 @@ class ClusterApi(kmock.KubernetesEmulator):
                     change["metadata"]["generation"] = generation + 1
                 stored.patch(change)
                 self.num_writes += 1
+                self.write_log.append((str(request.method.value), request.url.path,
+                                       request.headers.get("User-Agent", "")))
                 await self._buses[request.resource].put({"type": "MODIFIED", "object": stored.raw})
             return aiohttp.web.json_response(self._scale_of(stored.raw, paths))
 

@@ -57,6 +57,7 @@ IMAGE_CMD = ["serve"]  # the image's CMD
 ADDRESS_PREFIX = "127.42.0."
 GPU = "nvidia.com/gpu"
 SLICE_MANAGER = "kubelet-standin.fleetserve.test"
+USER_AGENT = "kubelet-standin (tests/cluster)"
 MAX_BACKOFF_SECONDS = 5.0
 
 
@@ -145,7 +146,7 @@ class Kubelet:
             f"clusters: [{{name: standin, cluster: {{server: '{self.server_url}'}}}}]\n"
             f"users: [{{name: sa, user: {{token: {self.token}}}}}]\n"
             "contexts: [{name: standin, context: {cluster: standin, user: sa}}]\n")
-        self._http = aiohttp.ClientSession(base_url=self.server_url)
+        self._http = aiohttp.ClientSession(base_url=self.server_url, headers={"User-Agent": USER_AGENT})
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
