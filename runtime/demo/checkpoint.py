@@ -28,8 +28,10 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def write_demo_model(path: str | Path, arch: str = "llama", seed: int = 0, size: str = "tiny") -> Path:
+def write_demo_model(path: str | Path, arch: str = "llama", seed: int = 0, size: str = "tiny",
+                     sliding_window: int | None = None) -> Path:
     """Write the demo checkpoint for (arch, seed, size) into `path` (created if missing); return it.
+    `sliding_window`: a sliding-window variant (qwen2, qwen3, mistral; spec.py says which layers slide).
 
     The same arguments always produce byte-identical files. Raises ValueError for an unknown arch or size.
     """
@@ -39,7 +41,7 @@ def write_demo_model(path: str | Path, arch: str = "llama", seed: int = 0, size:
     tokenizer = write_tokenizer_files(directory, arch)
     token_ids = added_token_ids(tokenizer, arch)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    _write_json(directory / "config.json", build_config(arch, size, vocab_size, token_ids))
+    _write_json(directory / "config.json", build_config(arch, size, vocab_size, token_ids, sliding_window))
     _write_json(
         directory / "generation_config.json",
         {

@@ -3,7 +3,9 @@
 Every size uses head_dim 64 (a size FlashInfer supports) and grouped-query attention. The archs differ
 where real checkpoints differ: llama has llama3 RoPE scaling, qwen2 has q/k/v biases and tied embeddings,
 qwen3 has q/k RMSNorm and an explicit head_dim with num_heads * head_dim != hidden_size, mistral is a
-plain llama-like model with sliding_window null.
+plain llama-like model with sliding_window null. `sliding_window` (qwen2, qwen3, mistral) gives a
+sliding-window checkpoint: Mistral-7B-v0.1's layout (every layer slides), or Qwen2's
+`use_sliding_window` with the upper half of the layers sliding (`max_window_layers`).
 """
 
 from __future__ import annotations
@@ -70,8 +72,11 @@ def dims_for(arch: str, size: str) -> Dims:
     return dims
 
 
-def build_config(arch: str, size: str, vocab_size: int, token_ids: dict[str, int]) -> dict:
+def build_config(arch: str, size: str, vocab_size: int, token_ids: dict[str, int],
+                 sliding_window: int | None = None) -> dict:
     """The config.json dict, in the key layout of the published checkpoints of each family."""
+    if sliding_window is not None and arch not in ("qwen2", "qwen3", "mistral"):
+        raise ValueError(f"{arch} checkpoints have no sliding window")
     dims = dims_for(arch, size)
     class_name, model_type = HF_CLASSES[arch]
     eos = token_ids["<|endoftext|>"]
@@ -104,9 +109,9 @@ def build_config(arch: str, size: str, vocab_size: int, token_ids: dict[str, int
     if arch == "llama":
         config["mlp_bias"] = False
     if arch in ("qwen2", "qwen3"):
-        config["use_sliding_window"] = False
-        config["sliding_window"] = None
-        config["max_window_layers"] = dims.num_layers
+        config["use_sliding_window"] = sliding_window is not None
+        config["sliding_window"] = sliding_window
+        config["max_window_layers"] = dims.num_layers if sliding_window is None else dims.num_layers // 2
     if arch == "mistral":
-        config["sliding_window"] = None
+        config["sliding_window"] = sliding_window
     return config

@@ -17,6 +17,12 @@ kernel call reads every sequence's K/V rows in place from its pages, shared pref
 stay in cache; a cascade split measured no faster and cost ~0.5 ms of extra calls per step on the
 tiny model). Prefill groups keep gather + SDPA, where the copy is small next to the attention's own
 compute.
+
+Sliding windows (Mistral, Qwen2's `use_sliding_window`): each layer has a window or none, and the plan is
+made once per distinct window. A windowed query at position p sees keys p - w + 1 .. p (transformers'
+rule): masks carry the lower bound, a sequence attended alone gathers only the pages its window
+reaches, the native kernel starts each sequence at its first in-window token, and windowed layers
+skip cascade (its shared pages would be seen whole). Pages behind the window stay allocated.
 """
 
 from __future__ import annotations
@@ -57,8 +63,8 @@ class _Single:
 
     start: int  # first of its query tokens in the batch
     q_len: int
-    kv_len: int
-    pages: torch.Tensor  # its pages
+    kv_len: int  # keys gathered: from the first of `pages` to its last token
+    pages: torch.Tensor  # its pages (from the first its window reaches)
     mask: torch.Tensor | None  # [q_len, kv_len] True = attend; None when q_len == kv_len (plain causal)
 
 
@@ -67,22 +73,35 @@ class _KernelDecodes:
     """Decoding sequences handed to the native kernel."""
 
     q_index: torch.Tensor  # [B] index of each sequence's query token in the batch
-    page_table: torch.Tensor  # [B, max_pages] int32, padded with page 0
-    kv_lens: torch.Tensor  # [B] int32
+    page_table: torch.Tensor  # [B, max_pages] int32, padded with page 0 (from the window's first page)
+    kv_lens: torch.Tensor  # [B] int32, counted from the table's first page
+    kv_starts: torch.Tensor | None  # [B] int32 first token attended, within the first page (a window)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How one step's batch is attended under one sliding window (or none)."""
+
+    groups: list[_Group]
+    singles: list[_Single]
+    kernel_decodes: _KernelDecodes | None
 
 
 class TorchAttentionBackend:
-    def __init__(self, kv_cache: list[torch.Tensor], scale: float, decode_kernel: PagedDecodeKernel | None = None):
+    def __init__(self, kv_cache: list[torch.Tensor], scale: float, decode_kernel: PagedDecodeKernel | None = None,
+                 sliding_windows: list[int | None] | None = None):
+        """`sliding_windows`: each layer's window (None: full attention); None or empty: no layer slides."""
         self.kv_cache = kv_cache
+        self.windows = list(sliding_windows or [None] * len(kv_cache))
+        if len(self.windows) != len(kv_cache):
+            raise ValueError(f"{len(self.windows)} sliding windows for {len(kv_cache)} layers")
         self.scale = scale
         self.page_size = kv_cache[0].shape[2]
         self.device = kv_cache[0].device
         usable = decode_kernel is not None and decode_kernel.supports(kv_cache[0].dtype, self.device)
         self.decode_kernel = decode_kernel if usable else None
         self._slots = torch.empty(0, dtype=torch.long)
-        self._groups: list[_Group] = []
-        self._kernel_decodes: _KernelDecodes | None = None
-        self._singles: list[_Single] = []
+        self._plans: dict[int | None, _Plan] = {}
 
     def plan(self, layout: BatchLayout) -> None:
         self._slots = torch.tensor(layout.slot_indices(), dtype=torch.long, device=self.device)
@@ -90,19 +109,22 @@ class TorchAttentionBackend:
         for q_len in layout.query_lens:
             starts.append(offset)
             offset += q_len
+        self._plans = {window: self._plan(layout, starts, window) for window in dict.fromkeys(self.windows)}
+
+    def _plan(self, layout: BatchLayout, starts: list[int], window: int | None) -> _Plan:
         decode = [i for i, q in enumerate(layout.query_lens) if q == 1]
         prefill = [i for i, q in enumerate(layout.query_lens) if q > 1]
-        self._kernel_decodes = None
+        plan = _Plan([], [], None)
         if decode and self.decode_kernel is not None:
-            self._kernel_decodes = self._for_kernel(layout, decode, starts)
+            plan.kernel_decodes = self._for_kernel(layout, decode, starts, window)
             decode = []
-        self._groups, self._singles = [], []
         for idx in (decode, prefill):
-            for members, common in self._clusters(layout, idx) if idx else ():
+            for members, common in self._clusters(layout, idx, window) if idx else ():
                 if common == 0 and self._padding_costs_more(layout, members):
-                    self._singles.extend(self._single(layout, i, starts[i]) for i in members)
+                    plan.singles.extend(self._single(layout, i, starts[i], window) for i in members)
                 else:
-                    self._groups.append(self._group(layout, members, starts, common))
+                    plan.groups.append(self._group(layout, members, starts, common, window))
+        return plan
 
     @staticmethod
     def _padding_costs_more(layout: BatchLayout, seqs: list[int]) -> bool:
@@ -114,17 +136,28 @@ class TorchAttentionBackend:
         alone = sum(layout.query_lens[i] * (layout.kv_lens[i] - layout.query_lens[i] / 2) for i in seqs)
         return alone + SINGLE_CALL_PAIRS * len(seqs) < len(seqs) * q_max * kv_max
 
-    def _single(self, layout: BatchLayout, i: int, start: int) -> _Single:
-        q_len, kv_len = layout.query_lens[i], layout.kv_lens[i]
-        pages = torch.tensor(layout.page_tables[i][: -(-kv_len // self.page_size)], dtype=torch.long)
+    def _single(self, layout: BatchLayout, i: int, start: int, window: int | None) -> _Single:
+        ps, q_len, kv_len = self.page_size, layout.query_lens[i], layout.kv_lens[i]
+        q0 = kv_len - q_len  # position of the first query
+        first_page = 0 if window is None else max(0, q0 - window + 1) // ps
+        base = first_page * ps  # position of the first key gathered
+        pages = torch.tensor(layout.page_tables[i][first_page : -(-kv_len // ps)], dtype=torch.long)
         mask = None
-        if q_len != kv_len:  # a chunk after cached tokens: query p sees keys up to kv_len - q_len + p
-            mask = torch.arange(kv_len)[None, :] <= (kv_len - q_len + torch.arange(q_len))[:, None]
-        return _Single(start, q_len, kv_len, pages.to(self.device), None if mask is None else mask.to(self.device))
+        if q_len != kv_len or window is not None:  # query p sees keys up to q0 + p (and from q0 + p - w + 1)
+            key_pos = base + torch.arange(kv_len - base)[None, :]
+            q_pos = (q0 + torch.arange(q_len))[:, None]
+            mask = key_pos <= q_pos
+            if window is not None:
+                mask &= key_pos > q_pos - window
+        return _Single(start, q_len, kv_len - base, pages.to(self.device),
+                       None if mask is None else mask.to(self.device))
 
-    def _clusters(self, layout: BatchLayout, seqs: list[int]) -> list[tuple[list[int], int]]:
+    def _clusters(self, layout: BatchLayout, seqs: list[int], window: int | None) -> list[tuple[list[int], int]]:
         """Splits seqs into (members, common leading pages): sequences that start with the same pages, where
-        attending those once (cascade) saves enough, and one cluster of all the others with 0."""
+        attending those once (cascade) saves enough, and one cluster of all the others with 0. No cascade
+        under a sliding window."""
+        if window is not None:
+            return [(seqs, 0)]
         by_first: dict[int, list[int]] = {}
         for i in seqs:
             by_first.setdefault(layout.page_tables[i][0] if layout.page_tables[i] else -1, []).append(i)
@@ -139,12 +172,20 @@ class TorchAttentionBackend:
             clusters.append((rest, 0))
         return clusters
 
-    def _for_kernel(self, layout: BatchLayout, seqs: list[int], starts: list[int]) -> _KernelDecodes:
-        width = max(len(layout.page_tables[i]) for i in seqs)
-        table = [layout.page_tables[i] + [0] * (width - len(layout.page_tables[i])) for i in seqs]
+    def _for_kernel(self, layout: BatchLayout, seqs: list[int], starts: list[int],
+                    window: int | None) -> _KernelDecodes:
+        ps = self.page_size
+        # under a window: the table starts at the window's first page, the kernel at its first token
+        first = [0 if window is None else max(0, layout.kv_lens[i] - window) for i in seqs]
+        tables = [layout.page_tables[i][f // ps :] for i, f in zip(seqs, first, strict=True)]
+        width = max(len(t) for t in tables)
+        table = [t + [0] * (width - len(t)) for t in tables]
+        kv_starts = None if window is None else torch.tensor([f % ps for f in first], dtype=torch.int32)
         return _KernelDecodes(torch.tensor([starts[i] for i in seqs], dtype=torch.long),
                               torch.tensor(table, dtype=torch.int32),
-                              torch.tensor([layout.kv_lens[i] for i in seqs], dtype=torch.int32))
+                              torch.tensor([layout.kv_lens[i] - f // ps * ps for i, f in zip(seqs, first, strict=True)],
+                                           dtype=torch.int32),
+                              kv_starts)
 
     def _common_pages(self, layout: BatchLayout, seqs: list[int]) -> int:
         """Leading pages shared by every sequence and lying wholly before all of their queries."""
@@ -162,7 +203,8 @@ class TorchAttentionBackend:
             count += 1
         return count if count * ps * (len(seqs) - 1) >= CASCADE_MIN_SAVED_TOKENS else 0
 
-    def _group(self, layout: BatchLayout, seqs: list[int], starts: list[int], common: int) -> _Group:
+    def _group(self, layout: BatchLayout, seqs: list[int], starts: list[int], common: int,
+               window: int | None) -> _Group:
         ps, dev = self.page_size, self.device
         num_own = -(-max(layout.kv_lens[i] for i in seqs) // ps) - common
         q_max = max(layout.query_lens[i] for i in seqs)
@@ -177,6 +219,8 @@ class TorchAttentionBackend:
         q_abs = (kv_len - q_len)[:, None] + q_pos[None, :]
         key_abs = common * ps + torch.arange(num_own * ps)
         mask = key_abs[None, None, :] <= q_abs[:, :, None]
+        if window is not None:
+            mask &= key_abs[None, None, :] > q_abs[:, :, None] - window
         mask[:, :, 0] |= ~q_valid  # padded query rows see one key so a softmax never divides by zero
         if common:
             mask = torch.zeros(mask.shape, dtype=self.kv_cache[0].dtype).masked_fill_(~mask, float("-inf"))
@@ -190,19 +234,20 @@ class TorchAttentionBackend:
         k_cache.view(-1, heads, dim).index_copy_(0, self._slots, k)
         v_cache.view(-1, heads, dim).index_copy_(0, self._slots, v)
         out = torch.empty_like(q)
-        decodes, kernel = self._kernel_decodes, self.decode_kernel
+        plan = self._plans[self.windows[layer]]
+        decodes, kernel = plan.kernel_decodes, self.decode_kernel
         if decodes is not None and kernel is not None:
             o, _ = kernel(q.index_select(0, decodes.q_index), k_cache, v_cache, decodes.page_table, decodes.kv_lens,
-                          self.scale)
+                          self.scale, decodes.kv_starts)
             out.index_copy_(0, decodes.q_index, o)
-        for one in self._singles:
+        for one in plan.singles:
             # 4-D [1, H, L, D] views: SDPA's CPU flash kernel takes them; 3-D inputs fall back to the math path
             ks, vs = (_gather(cache, one.pages, 1)[:, : one.kv_len].transpose(1, 2) for cache in (k_cache, v_cache))
             qs = q[one.start : one.start + one.q_len].unsqueeze(0).transpose(1, 2)
             o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=one.mask, is_causal=one.mask is None,
                                                scale=self.scale, enable_gqa=q.shape[1] != heads)
             out[one.start : one.start + one.q_len] = o[0].transpose(0, 1)
-        for g in self._groups:
+        for g in plan.groups:
             b, q_max = g.q_index.shape
             qg = q[g.q_index]  # [B, Qmax, Hq, D]
             ko, vo = (_gather(cache, g.own_pages, b) for cache in (k_cache, v_cache))  # [B, L, Hkv, D]

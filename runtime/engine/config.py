@@ -90,6 +90,9 @@ class ModelConfig:
     qk_norm: bool
     dtype: torch.dtype
     eos_token_ids: set[int] = field(default_factory=set)
+    # per layer: a token attends the last `w` positions, itself included (transformers' sliding window);
+    # None: every earlier position. Empty: no layer slides.
+    sliding_windows: list[int | None] = field(default_factory=list)
 
     @classmethod
     def from_pretrained(cls, model_dir: Path, dtype: str = "auto", device: str = "cpu",
@@ -101,8 +104,6 @@ class ModelConfig:
                 f"unsupported architecture {arch!r}; supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
             )
         family = SUPPORTED_ARCHITECTURES[arch]
-        if raw.get("sliding_window") and raw.get("use_sliding_window", family == "mistral"):
-            raise EngineError("sliding-window attention is not supported yet")
         heads = raw["num_attention_heads"]
         theta, scaling = _rope(raw)
         max_pos = int(raw.get("max_position_embeddings", 4096))
@@ -127,6 +128,7 @@ class ModelConfig:
             qk_norm=family == "qwen3",
             dtype=resolve_dtype(dtype, raw, device),
             eos_token_ids=_eos_ids(model_dir, raw),
+            sliding_windows=_sliding_windows(raw, family),
         )
 
 
@@ -149,6 +151,26 @@ def _rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     if rope_type == "default":
         return theta, None
     return theta, {**scaling, "rope_type": rope_type}
+
+
+def _sliding_windows(raw: dict[str, Any], family: str) -> list[int | None]:
+    """Each layer's window, read as transformers does: Mistral slides every layer when `sliding_window` is
+    set; Qwen2/Qwen3 only with `use_sliding_window`, and then the layers from `max_window_layers` on (or
+    those `layer_types` marks "sliding_attention"). Llama never slides."""
+    num_layers = raw["num_hidden_layers"]
+    window = raw.get("sliding_window")
+    if family == "llama" or not window:
+        return []
+    if family in ("qwen2", "qwen3") and not raw.get("use_sliding_window", False):
+        return []
+    types = raw.get("layer_types")
+    if types is None:
+        first = raw.get("max_window_layers", 0) if family in ("qwen2", "qwen3") else 0
+        types = ["sliding_attention" if i >= first else "full_attention" for i in range(num_layers)]
+    if len(types) != num_layers:
+        raise EngineError(f"layer_types has {len(types)} entries for {num_layers} layers")
+    windows: list[int | None] = [int(window) if t == "sliding_attention" else None for t in types]
+    return windows if any(w is not None for w in windows) else []
 
 
 def _eos_ids(model_dir: Path, raw: dict[str, Any]) -> set[int]:

@@ -40,7 +40,7 @@ LIBS = ("-lm",)
 MAX_HEAD_DIM = 1024
 
 _P, _I = ctypes.c_void_p, ctypes.c_int32
-_ARGTYPES = [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P, _P]
+_ARGTYPES = [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P, _P, _P]
 _SYMBOLS = {torch.float32: "paged_decode_f32", torch.bfloat16: "paged_decode_bf16"}
 
 
@@ -59,8 +59,11 @@ class PagedDecodeKernel:
         return device.type == "cpu" and dtype in self._functions
 
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,
-                 kv_lens: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                 kv_lens: torch.Tensor, scale: float,
+                 kv_starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q [B, Hq, D]; caches [pages, page_size, Hkv, D]; page_table [B, max_pages] int32; kv_lens [B] int32 >= 1.
+        kv_starts (None or [B] int32, each below its kv_len): the first token each sequence attends (a
+        sliding window); None attends from token 0.
 
         Returns the attention output [B, Hq, D] (q's dtype) and the log-sum-exp of each row's scaled
         scores [B, Hq] (float32), which merges this part with attention over other keys.
@@ -74,7 +77,9 @@ class PagedDecodeKernel:
             raise ValueError("paged decode kernel: inconsistent shapes or index dtypes")
         if page_table.shape[0] != b or kv_lens.shape != (b,):
             raise ValueError("paged decode kernel: page_table and kv_lens must have one row per sequence")
-        tensors = (q, k_cache, v_cache, page_table, kv_lens)
+        if kv_starts is not None and (kv_starts.dtype != torch.int32 or kv_starts.shape != (b,)):
+            raise ValueError("paged decode kernel: kv_starts must be int32 with one entry per sequence")
+        tensors = (q, k_cache, v_cache, page_table, kv_lens) + (() if kv_starts is None else (kv_starts,))
         if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
             raise ValueError("paged decode kernel: tensors must be contiguous CPU tensors")
         out = torch.empty_like(q)
@@ -83,7 +88,7 @@ class PagedDecodeKernel:
             return out, lse
         failed = function(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), page_table.data_ptr(),
                           kv_lens.data_ptr(), b, page_table.shape[1], hq, hkv, d, page_size, scale, out.data_ptr(),
-                          lse.data_ptr())
+                          lse.data_ptr(), None if kv_starts is None else kv_starts.data_ptr())
         if failed:
             raise MemoryError("paged decode kernel: out of memory for its scratch buffers")
         return out, lse

@@ -42,7 +42,8 @@ def build_backend(name: str, kv_cache: list[torch.Tensor], cfg: ModelConfig) -> 
                           "(the torch backend runs on CPU and CUDA)")
     if name not in ("auto", "torch"):
         raise EngineError(f"unknown attention backend {name!r}; choose auto or torch")
-    return TorchAttentionBackend(kv_cache, scale, cpu_kernels.load() if device.type == "cpu" else None)
+    return TorchAttentionBackend(kv_cache, scale, cpu_kernels.load() if device.type == "cpu" else None,
+                                 cfg.sliding_windows)
 
 
 def lora_settings(config: EngineConfig, initial: list[AdapterFiles] | None = None) -> LoRASettings:

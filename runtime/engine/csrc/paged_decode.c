@@ -7,6 +7,8 @@
  * Layouts (runtime/engine/attention.py): q and out [num_seqs, num_q_heads, head_dim];
  * k_cache/v_cache [num_pages, page_size, num_kv_heads, head_dim]; page_table [num_seqs, max_pages]
  * int32; kv_lens [num_seqs] int32 (>= 1). Query head hq reads KV head hq / (num_q_heads / num_kv_heads).
+ * kv_starts (NULL or [num_seqs] int32, each < kv_lens): the first token each sequence attends, for
+ * sliding-window attention (tokens kv_starts[b] .. kv_lens[b] - 1); NULL attends from token 0.
  * lse (NULL or [num_seqs, num_q_heads] float32) receives each row's log-sum-exp of the scaled scores, so
  * a caller can merge this part with attention over other keys (cascade over a shared prefix).
  * Returns 0, or 1 when scratch memory could not be allocated (the caller raises).
@@ -192,15 +194,16 @@ static inline __attribute__((always_inline)) __m512 row_dot(const char *k, const
 
 /* scores[hq * stride + t] = scale * q[hq] . k[t] for every query head and token */
 static inline __attribute__((always_inline)) void
-blocked_scores(const void *q, const void *k_cache, const int32_t *pages, int32_t page_size, int32_t num_kv_heads,
-               int32_t group, int32_t len, float scale, float *scores, int64_t stride, const int type, const int D) {
+blocked_scores(const void *q, const void *k_cache, const int32_t *pages, int32_t first, int32_t page_size,
+               int32_t num_kv_heads, int32_t group, int32_t len, float scale, float *scores, int64_t stride,
+               const int type, const int D) {
     const int64_t esize = type == F32 ? 4 : 2, row_bytes = num_kv_heads * D * esize;
     const __m512 vscale = _mm512_set1_ps(scale);
     for (int32_t t0 = 0; t0 < len; t0 += 16) {
         const int32_t n = len - t0 < 16 ? len - t0 : 16;
         const char *rows[16];
         for (int i = 0; i < 16; i++)  /* past the end: any valid row, its lane is not stored */
-            rows[i] = row_of(k_cache, pages, page_size, row_bytes, t0 + (TOKEN_OF[i] < n ? TOKEN_OF[i] : 0));
+            rows[i] = row_of(k_cache, pages, page_size, row_bytes, first + t0 + (TOKEN_OF[i] < n ? TOKEN_OF[i] : 0));
         for (int32_t h = 0; h < num_kv_heads; h++)
             for (int32_t g = 0; g < group; g++) {
                 const int64_t hq = (int64_t)h * group + g;
@@ -250,14 +253,14 @@ static const pv_fn PV[2][2][4] = {
 
 /* acc [Hq, D] += probabilities [Hq, stride] times the V rows */
 static inline __attribute__((always_inline)) void
-blocked_values(const void *v_cache, const int32_t *pages, int32_t page_size, int32_t num_kv_heads, int32_t group,
-               int32_t len, const float *p, int64_t stride, float *acc, const int type, const int D) {
+blocked_values(const void *v_cache, const int32_t *pages, int32_t first, int32_t page_size, int32_t num_kv_heads,
+               int32_t group, int32_t len, const float *p, int64_t stride, float *acc, const int type, const int D) {
     const int64_t esize = type == F32 ? 4 : 2, row_bytes = num_kv_heads * D * esize;
     const int chunk = D == 64 ? 4 : 2;
     for (int32_t t0 = 0; t0 < len; t0 += 16) {
         const int32_t n = len - t0 < 16 ? len - t0 : 16;
         const char *rows[16];
-        for (int i = 0; i < 16; i++) rows[i] = row_of(v_cache, pages, page_size, row_bytes, t0 + (i < n ? i : 0));
+        for (int i = 0; i < 16; i++) rows[i] = row_of(v_cache, pages, page_size, row_bytes, first + t0 + (i < n ? i : 0));
         for (int32_t h = 0; h < num_kv_heads; h++)
             for (int32_t g0 = 0; g0 < group; g0 += chunk) {
                 const int gc = group - g0 < chunk ? group - g0 : chunk;
@@ -269,7 +272,7 @@ blocked_values(const void *v_cache, const int32_t *pages, int32_t page_size, int
 
 /* One sequence: out [Hq, D] and lse [Hq] (or NULL); 0, or 1 when scratch memory ran out. */
 static inline __attribute__((always_inline)) int
-blocked_decode(const void *q, const void *k_cache, const void *v_cache, const int32_t *pages, int32_t len,
+blocked_decode(const void *q, const void *k_cache, const void *v_cache, const int32_t *pages, int32_t first, int32_t len,
                int32_t num_q_heads, int32_t num_kv_heads, int32_t page_size, float scale, void *out, float *lse,
                const int type, const int D) {
     const int32_t group = num_q_heads / num_kv_heads;
@@ -281,14 +284,14 @@ blocked_decode(const void *q, const void *k_cache, const void *v_cache, const in
         free(acc);
         return 1;
     }
-    blocked_scores(q, k_cache, pages, page_size, num_kv_heads, group, len, scale, scores, padded, type, D);
+    blocked_scores(q, k_cache, pages, first, page_size, num_kv_heads, group, len, scale, scores, padded, type, D);
     for (int32_t hq = 0; hq < num_q_heads; hq++) {
         float *sh = scores + hq * padded;
         const float row_lse = softmax_row(sh, len);
         if (lse != NULL) lse[hq] = row_lse;
         for (int64_t t = len; t < padded; t++) sh[t] = 0.0f;
     }
-    blocked_values(v_cache, pages, page_size, num_kv_heads, group, len, scores, padded, acc, type, D);
+    blocked_values(v_cache, pages, first, page_size, num_kv_heads, group, len, scores, padded, acc, type, D);
     for (int64_t i = 0; i < (int64_t)num_q_heads * D; i += 16) store16(out, i, _mm512_loadu_ps(acc + i), type);
     free(scores);
     free(acc);
@@ -297,15 +300,16 @@ blocked_decode(const void *q, const void *k_cache, const void *v_cache, const in
 
 /* The blocked path for one sequence, or -1 when its head_dim has none (the generic loops run). */
 #define DEFINE_BLOCKED(NAME, T, TYPE)                                                                           \
-    static int NAME(const T *q, const T *k_cache, const T *v_cache, const int32_t *pages, int32_t len,          \
+    static int NAME(const T *q, const T *k_cache, const T *v_cache, const int32_t *pages, int32_t first,        \
+                    int32_t len,                                                                                \
                     int32_t num_q_heads, int32_t num_kv_heads, int32_t D, int32_t page_size, float scale, T *out, \
                     float *lse) {                                                                               \
         if (D == 64)                                                                                            \
-            return blocked_decode(q, k_cache, v_cache, pages, len, num_q_heads, num_kv_heads, page_size, scale, \
-                                  out, lse, TYPE, 64);                                                          \
+            return blocked_decode(q, k_cache, v_cache, pages, first, len, num_q_heads, num_kv_heads, page_size,  \
+                                  scale, out, lse, TYPE, 64);                                                   \
         if (D == 128)                                                                                           \
-            return blocked_decode(q, k_cache, v_cache, pages, len, num_q_heads, num_kv_heads, page_size, scale, \
-                                  out, lse, TYPE, 128);                                                         \
+            return blocked_decode(q, k_cache, v_cache, pages, first, len, num_q_heads, num_kv_heads, page_size,  \
+                                  scale, out, lse, TYPE, 128);                                                  \
         return -1;                                                                                              \
     }
 DEFINE_BLOCKED(blocked_f32, float, F32)
@@ -332,16 +336,17 @@ static inline float softmax_row(float *s, int32_t len) {
     int NAME(const T *q, const T *k_cache, const T *v_cache, const int32_t *page_table,          \
              const int32_t *kv_lens, int32_t num_seqs, int32_t max_pages, int32_t num_q_heads,      \
              int32_t num_kv_heads, int32_t head_dim, int32_t page_size, float scale, T *out,        \
-             float *lse) {                                                                          \
+             float *lse, const int32_t *kv_starts) {                                                \
         const int32_t group = num_q_heads / num_kv_heads, D = head_dim;                           \
         const int64_t row_len = (int64_t)num_kv_heads * D, q_len = (int64_t)num_q_heads * D;      \
         int failed = 0;                                                                           \
         _Pragma("omp parallel for schedule(dynamic, 1) reduction(| : failed)")                    \
         for (int32_t b = 0; b < num_seqs; b++) {                                                  \
-            const int32_t len = kv_lens[b];                                                       \
+            const int32_t first = kv_starts == NULL ? 0 : kv_starts[b];                           \
+            const int32_t len = kv_lens[b] - first;                                               \
             const int32_t *pages = page_table + (int64_t)b * max_pages;                           \
             float *seq_lse = lse == NULL ? NULL : lse + (int64_t)b * num_q_heads;                 \
-            const int blocked = BLOCKED(q + b * q_len, k_cache, v_cache, pages, len, num_q_heads, \
+            const int blocked = BLOCKED(q + b * q_len, k_cache, v_cache, pages, first, len, num_q_heads, \
                                         num_kv_heads, D, page_size, scale, out + b * q_len, seq_lse);  \
             if (blocked >= 0) {                                                                   \
                 failed |= blocked;                                                                \
@@ -362,7 +367,7 @@ static inline float softmax_row(float *s, int32_t len) {
             }                                                                                     \
             for (int32_t t = 0; t < len; t++) {                                                   \
                 const T *row = k_cache +                                                          \
-                    ((int64_t)pages[t / page_size] * page_size + t % page_size) * row_len;         \
+                    ((int64_t)pages[(first + t) / page_size] * page_size + (first + t) % page_size) * row_len; \
                 for (int32_t hq = 0; hq < num_q_heads; hq++) {                                    \
                     const T *kr = row + (int64_t)(hq / group) * D;                                \
                     const float *qh = qf + (int64_t)hq * D;                                       \
@@ -377,7 +382,7 @@ static inline float softmax_row(float *s, int32_t len) {
             }                                                                                     \
             for (int32_t t = 0; t < len; t++) {                                                   \
                 const T *row = v_cache +                                                          \
-                    ((int64_t)pages[t / page_size] * page_size + t % page_size) * row_len;         \
+                    ((int64_t)pages[(first + t) / page_size] * page_size + (first + t) % page_size) * row_len; \
                 for (int32_t hq = 0; hq < num_q_heads; hq++) {                                    \
                     const T *vr = row + (int64_t)(hq / group) * D;                                \
                     const float p = scores[(int64_t)hq * len + t];                                \

@@ -51,7 +51,7 @@ def test_matches_direct_attention(shared_pages, cascade):
     layout = make_batch(shared_pages, seed=shared_pages)
     backend = TorchAttentionBackend([kv], scale=D**-0.5)
     backend.plan(layout)
-    cascaded = [g.shared_pages is not None for g in backend._groups]
+    cascaded = [g.shared_pages is not None for g in backend._plans[None].groups]
     assert any(cascaded) == cascade
     if shared_pages == 70:
         assert all(cascaded)  # the prefill group too
@@ -98,7 +98,7 @@ def test_sequences_sharing_different_prefixes_cascade_in_their_own_groups():
     kv = torch.randn(2, PAGES, PS, HKV, D)
     backend = TorchAttentionBackend([kv], scale=D**-0.5)
     backend.plan(layout)
-    shared_counts = sorted(len(g.shared_pages) for g in backend._groups if g.shared_pages is not None)
+    shared_counts = sorted(len(g.shared_pages) for g in backend._plans[None].groups if g.shared_pages is not None)
     assert shared_counts == [70, 70, 80]  # decodes and prefills of the first prompt, prefills of the second
     t = layout.num_tokens
     q, k, v = torch.randn(t, HQ, D), torch.randn(t, HKV, D), torch.randn(t, HKV, D)
@@ -122,9 +122,9 @@ def test_prompts_of_mixed_lengths_are_attended_one_by_one():
     kv = torch.randn(2, PAGES, PS, HKV, D)
     backend = TorchAttentionBackend([kv], scale=D**-0.5)
     backend.plan(layout)
-    singles = {(one.q_len, one.kv_len): one.mask is None for one in backend._singles}
+    singles = {(one.q_len, one.kv_len): one.mask is None for one in backend._plans[None].singles}
     assert singles == {(180, 180): True, (12, 12): True, (150, 300): False}
-    assert [g.q_index.shape for g in backend._groups] == [(2, 1)]  # the two decodes, padded together
+    assert [g.q_index.shape for g in backend._plans[None].groups] == [(2, 1)]  # the two decodes, padded together
     t = layout.num_tokens
     q, k, v = torch.randn(t, HQ, D), torch.randn(t, HKV, D), torch.randn(t, HKV, D)
     got = backend.forward(0, q, k, v)

@@ -147,7 +147,8 @@ def test_backend_decodes_through_the_kernel_like_the_torch_path(kernel, dtype, s
     for backend in (with_kernel, without):
         backend.plan(layout)
         outputs.append(backend.forward(0, q, k, v))
-    assert with_kernel._kernel_decodes is not None and len(with_kernel._groups) == 1  # only the prefills
+    plan = with_kernel._plans[None]
+    assert plan.kernel_decodes is not None and len(plan.groups) == 1  # only the prefills
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(outputs[0].float(), outputs[1].float(), atol=tol, rtol=tol)
 
