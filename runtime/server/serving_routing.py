@@ -23,9 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 def loaded_adapters(state: ServerState) -> list[str]:
-    """The LoRA adapters loaded now (none until the runtime serves adapters)."""
-    adapters = getattr(state.engine, "loaded_adapters", None)
-    return sorted(adapters()) if callable(adapters) else []
+    """The LoRA adapters loaded now (their blocks are hashed in their own namespace)."""
+    return sorted(state.engine.lora_adapters())
 
 
 def tokenizer_json(tokenizer: Any) -> str | None:

@@ -96,3 +96,26 @@ def test_responses_carry_the_system_fingerprint(client: TestClient):
     assert body["system_fingerprint"] == "fleetserve"
     info = client.get("/get_server_info").json()
     assert info["is_simulated"] is False and info["simulation"] is None
+
+
+def test_adapter_requests_publish_blocks_in_the_adapter_namespace(demo_model, tmp_path):
+    from tests.runtime.lora.adapters import SPECS, make_adapter
+
+    spec = SPECS[0]
+    path = str(demo_model("llama"))
+    adapter = make_adapter(demo_model("llama"), tmp_path / spec.name, spec)
+    engine = AsyncEngine.from_config(EngineConfig(model_path=path, device="cpu", page_size=PAGE, num_pages=64,
+                                                  enable_lora=True, lora_paths={spec.name: str(adapter)}))
+    state = ServerState.build(engine, ServerSettings(model_path=path, served_model_names=["demo"]))
+    with TestClient(build_app(state), raise_server_exceptions=False) as client:
+        info = client.get("/routing_info").json()
+        start = client.get("/cache_state").json()
+        assert start["adapters"] == [spec.name]
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Sunny?"}]
+        response = client.post("/v1/chat/completions", json={"model": f"demo:{spec.name}", "messages": messages,
+                                                              "max_tokens": 2, "temperature": 0})
+        assert response.status_code == 200, response.text
+        ids = render_like_a_router(info, messages)
+        held = set(client.get("/cache_state").json()["snapshot"])
+        assert {hash_hex(h) for h in chain_block_hashes(ids, PAGE, spec.name)} <= held
+        assert not {hash_hex(h) for h in chain_block_hashes(ids, PAGE)} & held  # no base-model blocks
