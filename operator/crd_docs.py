@@ -26,8 +26,10 @@ replicas.max`). What it cannot (unknown model schemes, malformed hub ids or clai
 adapter names, names too long for the child Services) the operator reports as `Ready=False` with
 reason `InvalidSpec` and a message naming the field.
 
-Subresources: `status`, and `scale` (`kubectl scale {names.SHORT_NAMES[0]}/NAME --replicas=N` sets
-`spec.replicas.count`; `status.selector` selects the runtime pods).
+Subresources: `status`, and `scale` (`kubectl scale {names.SHORT_NAMES[0]}/NAME --replicas=N`, an HPA or
+KEDA set `spec.replicas.count`, which defaults to 1; `status.selector` selects the runtime pods). The
+replica count has one owner: `spec.replicas.count` while `spec.autoscaling.enabled` is false, the
+autoscaler (within `spec.replicas.min`..`max`) while it is true.
 """
 
 STATUS_NOTES = """
@@ -35,12 +37,16 @@ STATUS_NOTES = """
 
 | type | status | reasons |
 |---|---|---|
-| `Ready` | True when at least one runtime replica and one router replica pass their readiness probes | `Ready`, `RuntimeNotReady`, `RouterNotReady`, `ScaledToZero`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
+| `Ready` | True when at least one runtime replica and one router replica pass their readiness probes | `Ready`, `ServingLastValidSpec`, `RuntimeNotReady`, `RouterNotReady`, `ScaledToZero`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
 | `Progressing` | True while the runtime Deployment rolls out or scales toward `desiredReplicas` | `RollingOut`, `RolloutComplete`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
-| `Degraded` | True when the rollout cannot finish or the spec cannot be served | `AsExpected`, `ProgressDeadlineExceeded`, `ReplicaFailure`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
+| `Degraded` | True when a pod fails, the rollout cannot finish or the spec cannot be served | `AsExpected`, `ImagePullBackOff`, `ErrImagePull`, `CrashLoopBackOff`, `OOMKilled`, `Unschedulable`, `CreateContainerConfigError`, `ProgressDeadlineExceeded`, `ReplicaFailure`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
 
-Each condition carries `observedGeneration` and a `lastTransitionTime` that moves only when its
-status changes. `ChildConflict`: an object with a child's name exists and belongs to something
+The conditions are a map keyed by `type` (one condition per type; conditions other control loops
+add are kept). Each carries `observedGeneration` and a `lastTransitionTime` that moves only when its
+status changes. Pod reasons are the kubelet's or the scheduler's, for the first failing runtime or
+router pod by name, whose name the message gives; `RuntimeNotReady`'s message repeats it.
+`ServingLastValidSpec`: the spec turned invalid (`Degraded` says why) and the pods of the last valid
+spec still serve. `ChildConflict`: an object with a child's name exists and belongs to something
 else. `ChildRejected`: the API server refused a child the spec produced (its message is copied).
 `Forbidden`: the operator's RBAC lacks a right. The operator retries all three at every resync.
 """
