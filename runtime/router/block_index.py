@@ -58,11 +58,12 @@ class BlockIndex:
             self.predicted.pop(h, None)
 
     def apply_delta(self, stored: Iterable[int], removed: Iterable[int]) -> None:
-        for h in stored:
-            self.reported.add(h)
-            self.predicted.pop(h, None)
+        """Net changes (disjoint sets, docs/routing.md): removed, then stored."""
         for h in removed:
             self.reported.discard(h)
+            self.predicted.pop(h, None)
+        for h in stored:
+            self.reported.add(h)
             self.predicted.pop(h, None)
 
     def clear(self) -> None:
