@@ -37,8 +37,13 @@ class ModelRunner:
         input_ids: list[int] = []
         positions: list[int] = []
         logits_index: list[int] = []
-        rows: list[LogitRows] = []
-        for item in batch:
+        rows: list[LogitRows | None] = [None] * len(batch)
+        # with LoRA, the tokens of one adapter are laid out together (one contiguous segment per adapter);
+        # `rows` still answers in batch order
+        order = list(range(len(batch))) if self.lora is None else sorted(range(len(batch)),
+                                                                          key=lambda i: _adapter_order(batch[i]))
+        for i in order:
+            item = batch[i]
             seq, start = item.seq, item.seq.num_computed_tokens
             end = start + item.num_new_tokens
             offset = len(input_ids)
@@ -50,16 +55,17 @@ class ModelRunner:
                 logits_index.extend(range(offset, offset + item.num_new_tokens))
             elif item.samples:
                 logits_index.append(offset + item.num_new_tokens - 1)
-            rows.append(LogitRows(first_row, len(logits_index) - first_row))
+            rows[i] = LogitRows(first_row, len(logits_index) - first_row)
+        ordered = [batch[i] for i in order]
         layout = BatchLayout(
-            query_lens=[item.num_new_tokens for item in batch],
-            kv_lens=[item.seq.num_computed_tokens + item.num_new_tokens for item in batch],
-            page_tables=[item.seq.page_ids for item in batch],
+            query_lens=[item.num_new_tokens for item in ordered],
+            kv_lens=[item.seq.num_computed_tokens + item.num_new_tokens for item in ordered],
+            page_tables=[item.seq.page_ids for item in ordered],
             page_size=self.page_size,
         )
         self.backend.plan(layout)
         if self.lora is not None:
-            self.lora.prepare([(item.num_new_tokens, item.seq.request.lora) for item in batch])
+            self.lora.prepare([(item.num_new_tokens, item.seq.request.lora) for item in ordered])
         dev = self.device
         logits = self.model(
             torch.tensor(input_ids, dtype=torch.long, device=dev),
@@ -67,4 +73,10 @@ class ModelRunner:
             self.backend,
             torch.tensor(logits_index, dtype=torch.long, device=dev),
         )
-        return StepLogits(logits, rows)
+        return StepLogits(logits, [r for r in rows if r is not None])
+
+
+def _adapter_order(item: ScheduledSequence) -> tuple:
+    """Base-model sequences first, then each adapter's (by name and load) together."""
+    key = item.seq.request.cache_key
+    return (0, "", 0) if key is None else (1, *key)

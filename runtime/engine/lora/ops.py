@@ -73,9 +73,8 @@ def add_lora(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor
         if width == 0:  # the adapter does not target this projection
             continue
         shrunk = x[rows] @ a[slot, :width].t()
-        shrunk.mul_(scalings[slot])
         if isinstance(rows, slice):
-            y[rows].addmm_(shrunk, bt[slot, :width])
+            y[rows].addmm_(shrunk, bt[slot, :width], alpha=scalings[slot])
         else:
-            y.index_add_(0, rows, shrunk @ bt[slot, :width])
+            y.index_add_(0, rows, shrunk @ bt[slot, :width], alpha=scalings[slot])
     return y
