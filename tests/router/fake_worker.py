@@ -37,6 +37,7 @@ class FakeWorker:
     api_key: str | None = None
     has_cache_state: bool = True
     num_503: int = 0  # answer this many requests with 503 (queue full)
+    num_resets: int = 0  # drop the connection of this many requests without a byte of answer
     chunk_delay: float = 0.0
     hang: bool = False  # never answer a completion (until the client leaves)
     break_after_chunks: int | None = None  # close the connection after this many SSE chunks
@@ -61,6 +62,7 @@ class FakeWorker:
         if self.has_cache_state:
             app.router.add_get(wire.PATH_CACHE_STATE, self.cache_state)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model_id}", self.model)
         app.router.add_post("/v1/chat/completions", functools.partial(self.complete, kind="chat"))
         app.router.add_post("/v1/completions", functools.partial(self.complete, kind="completions"))
         app.router.add_post("/v1/embeddings", self.embeddings)
@@ -115,6 +117,11 @@ class FakeWorker:
                   for a in sorted(self.adapters)]
         return web.json_response({"object": "list", "data": cards})
 
+    async def model(self, request: web.Request) -> web.Response:
+        if request.match_info["model_id"] != MODEL:
+            return web.json_response({"object": "error", "code": 404}, status=404)
+        return web.json_response({"id": MODEL, "object": "model", "max_model_len": 4096})
+
     async def embeddings(self, request: web.Request) -> web.Response:
         self.received.append({"path": request.path, "body": await request.read(), "headers": dict(request.headers)})
         return web.json_response({"object": "list", "data": [{"object": "embedding", "index": 0,
@@ -141,6 +148,11 @@ class FakeWorker:
         if not self._authorized(request):
             return web.json_response({"object": "error", "message": "invalid API key", "type": "authentication_error",
                                       "param": None, "code": 401}, status=401)
+        if self.num_resets > 0:
+            self.num_resets -= 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
         if self.num_503 > 0:
             self.num_503 -= 1
             return web.json_response({"object": "error", "message": "queue full", "type": "service_unavailable_error",

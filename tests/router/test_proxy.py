@@ -109,6 +109,17 @@ async def test_503_is_retried_on_another_worker(fake_workers, start_router, http
     assert metric(metrics, "fleetserve_router:retries_total") == len(busy.received) >= 2
 
 
+async def test_connection_dropped_before_any_answer_byte_is_retried(fake_workers, start_router, http):
+    flaky, steady = await fake_workers(2)
+    flaky.num_resets = 5
+    router = await start_router([flaky.url, steady.url], policy="round_robin")
+    await router.wait_ready(2)
+    for i in range(4):
+        status, _, headers = await post(http, router.url, chat(f"reset {i}"))
+        assert status == 200 and headers[WORKER_HEADER] == steady.url
+    assert flaky.received  # it was tried
+
+
 async def test_503_passes_through_when_no_other_worker_can_take_it(fake_workers, start_router, http):
     [worker] = await fake_workers(1, num_503=5)
     router = await start_router([worker.url])
@@ -221,6 +232,10 @@ async def test_models_is_the_union_of_ready_workers(fake_workers, start_router, 
     await router.wait_ready(2)
     models = await (await http.get(router.url + "/v1/models")).json()
     assert [m["id"] for m in models["data"]] == ["fake-model", "fake-model:sql", "fake-model:chat"]
+    card = await (await http.get(router.url + "/v1/models/fake-model")).json()
+    assert card["max_model_len"] == 4096
+    missing = await http.get(router.url + "/v1/models/nope")
+    assert missing.status == 404 and (await missing.json())["object"] == "error"
 
 
 async def test_api_key_is_checked_and_forwarded(fake_workers, start_router, http):
