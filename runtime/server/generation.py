@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetserve.runtime.engine.lora.adapter import AdapterNotFoundError
 from fleetserve.runtime.engine.types import EngineError, RequestOutput, SamplingParams, TokenLogprob
-from fleetserve.runtime.server.errors import bad_request
+from fleetserve.runtime.server.errors import bad_request, not_found
 from fleetserve.runtime.server.state import ServerState
 from fleetserve.runtime.server.streaming import aclose_shielded
 
@@ -90,6 +91,8 @@ async def engine_stream(state: ServerState, request_id: str, prompt_ids: list[in
             tracker.observe(output)
             finished = output.finished
             yield output
+    except AdapterNotFoundError as exc:  # unloaded between the request's check and the engine taking it
+        raise not_found(str(exc), "model") from exc
     finally:
         tracker.finish(aborted=not finished)
         if not finished:
