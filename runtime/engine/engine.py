@@ -24,7 +24,12 @@ from fleetserve.runtime.engine.detokenizer import IncrementalDetokenizer
 from fleetserve.runtime.engine.grammar_compiler import GrammarCompilerCache, grammar_spec
 from fleetserve.runtime.engine.grammar_matcher import GrammarMaskBuilder, SequenceGrammar
 from fleetserve.runtime.engine.logprobs import prompt_logprobs
-from fleetserve.runtime.engine.lora.adapter import AdapterError, AdapterFiles, AdapterNotFoundError, LoRAAdapter
+from fleetserve.runtime.engine.lora.adapter import (
+    AdapterError,
+    AdapterFiles,
+    AdapterNotFoundError,
+    LoRAAdapter,
+)
 from fleetserve.runtime.engine.lora.manager import LoRAManager
 from fleetserve.runtime.engine.model_runner import ModelRunner, StepLogits
 from fleetserve.runtime.engine.outputs import collect_outputs, finish
