@@ -34,14 +34,31 @@ def token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def requested_adapter(body: dict[str, Any], served_names: set[str]) -> str | None:
-    """The LoRA adapter a request asks for: `model: "base:adapter"` wins over `lora_path`."""
+def requested_adapter(body: dict[str, Any], served_names: set[str], known_adapters: set[str] = frozenset()) -> str | None:
+    """The LoRA adapter a request asks for, resolved as the worker resolves it (serving_models.py).
+
+    `model: "base:adapter"` wins over `lora_path`; `model: "adapter"` (vLLM lists adapters as models)
+    when some worker has that adapter; a `model` equal to a served name or `default` is the base model
+    even if it contains a colon. `lora_path` may also be the path an adapter was loaded from: the
+    router cannot map that to a name (see `is_adapter_path`).
+    """
     model = body.get("model")
     lora_path = body.get("lora_path")
-    if not isinstance(model, str) or model in served_names or model == DEFAULT_MODEL_ALIAS or ":" not in model:
-        return lora_path if isinstance(lora_path, str) and lora_path else None
-    suffix = model.rpartition(":")[2]
-    return suffix or None
+    lora = lora_path if isinstance(lora_path, str) and lora_path else None
+    if not isinstance(model, str) or model in served_names or model == DEFAULT_MODEL_ALIAS:
+        return lora
+    base, sep, suffix = model.rpartition(":")
+    if sep and suffix and (base in served_names or base == DEFAULT_MODEL_ALIAS or suffix in known_adapters
+                           or not served_names):
+        return suffix
+    if model in known_adapters:
+        return model
+    return lora
+
+
+def is_adapter_path(ref: str) -> bool:
+    """A `lora_path` that names a folder, not an adapter: routed without the adapter filter."""
+    return "/" in ref
 
 
 @dataclass(slots=True)

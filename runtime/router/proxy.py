@@ -26,8 +26,9 @@ from multidict import CIMultiDict
 from fleetserve.runtime.router.balancer import Balancer, Selection
 from fleetserve.runtime.router.config import RouterConfig
 from fleetserve.runtime.router.errors import error_response
+from fleetserve.runtime.router.keys import RequestKey
 from fleetserve.runtime.router.metrics import RouterMetrics
-from fleetserve.runtime.router.prompts import PromptEncoder, request_key, requested_adapter
+from fleetserve.runtime.router.prompts import PromptEncoder, is_adapter_path, request_key, requested_adapter
 from fleetserve.runtime.router.usage import UsageTap
 from fleetserve.runtime.router.workers import WorkerSet
 
@@ -69,6 +70,14 @@ class Proxy:
         encoder = self.encoder()
         return {encoder.model} if encoder is not None and encoder.model else set()
 
+    def route_key(self, kind: str, parsed: dict[str, Any]) -> tuple[str | None, RequestKey]:
+        """The adapter to filter workers by (None: any worker) and the request's routing key."""
+        adapter = requested_adapter(parsed, self.served_names(), self.workers.adapters())
+        key = request_key(kind, parsed, self.encoder(), adapter)
+        if adapter is not None and is_adapter_path(adapter) and adapter not in self.workers.adapters():
+            return None, key._replace(adapter=None)  # a folder: the worker maps it to its adapter
+        return adapter, key
+
     async def hold(self, deadline: float) -> bool:
         """Waits for a routable worker until `deadline`; False when full or timed out."""
         if self.num_held >= self.config.max_held_requests:
@@ -94,8 +103,7 @@ class Proxy:
         start = time.monotonic()
         body = await request.read()
         parsed = _parse(body)
-        adapter = requested_adapter(parsed, self.served_names())
-        key = request_key(kind, parsed, self.encoder(), adapter)
+        adapter, key = self.route_key(kind, parsed)
         headers = forward_headers(request.headers)
         tried: set[str] = set()
         hold_deadline: float | None = None
@@ -117,6 +125,7 @@ class Proxy:
                     hold_deadline = time.monotonic() + self.config.max_hold_secs
                 if not await self.hold(hold_deadline):
                     return self._unavailable("no worker became ready in time")
+                adapter, key = self.route_key(kind, parsed)  # now with a worker's tokenizer and adapters
                 continue
             if tried:
                 self.metrics.retries.inc()

@@ -119,6 +119,10 @@ def test_a_template_that_refuses_gives_an_empty_key_not_an_error(tokenizers_pair
     ({"model": "default:sql"}, "sql"),
     ({"lora_path": "sql"}, "sql"),
     ({"model": "org:model-7b"}, None),  # a served name with a colon is not an adapter
+    ({"model": "sql"}, "sql"),  # vLLM style: the adapter as the model
+    ({"model": "alias:sql"}, "sql"),  # another served name the router does not know, a known adapter
+    ({"model": "other-model"}, None),  # unknown: the worker answers 404
+    ({"lora_path": "/models/adapters/sql"}, "/models/adapters/sql"),
 ])
 def test_requested_adapter(body, expected):
-    assert requested_adapter(body, {"qwen", "org:model-7b"}) == expected
+    assert requested_adapter(body, {"qwen", "org:model-7b"}, {"sql", "chat"}) == expected

@@ -214,12 +214,14 @@ async def test_adapter_requests_go_only_to_workers_holding_it(fake_workers, star
     await router.wait_ready(2)
     await asyncio.sleep(0.1)
     for body in (chat("q", model="fake-model:sql"), chat("q", lora_path="sql"),
-                 chat("q", model="fake-model:sql", lora_path="nope")):
+                 chat("q", model="fake-model:sql", lora_path="nope"), chat("q", model="sql")):
         status, _, headers = await post(http, router.url, body)
         assert status == 200 and headers[WORKER_HEADER] == with_sql.url
     status, payload, _ = await post(http, router.url, chat("q", model="fake-model:missing"))
     error = json.loads(payload)
     assert status == 404 and set(error) == {"object", "message", "type", "param", "code"} and error["code"] == 404
+    # a lora_path that is a folder: the router cannot name it, any worker may take it (the worker decides)
+    assert (await post(http, router.url, chat("q", lora_path="/adapters/sql")))[0] == 200
     with_sql.adapters = set()  # unloaded: the router follows on its next poll
     await asyncio.sleep(0.15)
     assert (await post(http, router.url, chat("q", lora_path="sql")))[0] == 404
