@@ -164,6 +164,13 @@ def test_minilm_refuses_what_it_cannot_serve(client: OpenAI) -> None:
 def test_minilm_operations_and_metrics(minilm_server: ServeProcess) -> None:
     url = minilm_server.url
     assert httpx.get(f"{url}/health_generate", timeout=30).status_code == 200  # probes work for embedders
+    assert httpx.get(f"{url}/health").status_code == 200
+    # what routers read: no prefix cache (an empty snapshot), no adapters
+    cache = httpx.get(f"{url}/cache_state").json()
+    assert cache["snapshot"] == [] and cache["adapters"] == [] and cache["num_waiting"] == 0
+    assert httpx.get(f"{url}/routing_info").status_code == 200
+    assert httpx.post(f"{url}/load_lora_adapter", json={"lora_name": "a", "lora_path": "/x"}).status_code == 400
+    assert [m.id for m in OpenAI(base_url=minilm_server.base_url, api_key="x").models.list()] == [NAME]
     info = httpx.get(f"{url}/get_model_info").json()
     assert info["is_generation"] is False and info["architecture"] == "BertModel" and info["max_model_len"] == 256
     before = _metric(url, "fleetserve:prompt_tokens_total")

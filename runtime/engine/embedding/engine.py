@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,17 +27,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from fleetserve.runtime.engine.async_engine import EngineDeadError
+from fleetserve.runtime.engine.async_engine import STALL_TIMEOUT_S, EngineDeadError
+from fleetserve.runtime.engine.cache_events import CacheState
 from fleetserve.runtime.engine.config import EngineConfig
 from fleetserve.runtime.engine.embedding.batcher import take_batch
 from fleetserve.runtime.engine.embedding.inputs import resolve_message_format
 from fleetserve.runtime.engine.embedding.runner import EmbeddingRunner, build_runner
+from fleetserve.runtime.engine.lora.adapter import AdapterError, AdapterNotFoundError
 from fleetserve.runtime.engine.torch_thread import TorchThread
-from fleetserve.runtime.engine.types import EngineError, EngineStats, RequestOutput, SamplingParams
+from fleetserve.runtime.engine.types import (
+    EngineError,
+    EngineHealth,
+    EngineStats,
+    RequestOutput,
+    SamplingParams,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_TOKENS = 8192  # when the engine config sets no step budget
+# No KV cache and no pages. Routers read the page size from /routing_info to hash prompts into blocks;
+# they get a nominal one, and /cache_state never lists a block, so routing falls back to load.
+NOMINAL_PAGE_SIZE = 16
 
 
 @dataclass(slots=True)
@@ -81,6 +93,9 @@ class AsyncEmbeddingEngine:
         self._num_taken = 0  # into a forward, or dropped
         self._num_running = 0  # inputs in the forward now
         self.num_forwards = 0
+        self._last_progress = time.monotonic()  # the last forward finished (or the loop went idle)
+        self._dead: str | None = None
+        self._epoch = uuid.uuid4().hex
 
     @classmethod
     def from_config(cls, config: EngineConfig, worker: TorchThread | None = None) -> AsyncEmbeddingEngine:
@@ -124,9 +139,35 @@ class AsyncEmbeddingEngine:
         return await job.future
 
     def stats(self) -> EngineStats:
-        return EngineStats(num_running=self._num_running, num_waiting=self._num_enqueued - self._num_taken, num_total_pages=0,
-                           num_used_pages=0, page_size=0, prefix_cache_queries=0, prefix_cache_hits=0,
-                           num_preemptions=0)
+        return EngineStats(num_running=self._num_running, num_waiting=self._num_enqueued - self._num_taken,
+                           num_total_pages=0, num_used_pages=0, page_size=NOMINAL_PAGE_SIZE,
+                           prefix_cache_queries=0, prefix_cache_hits=0, num_preemptions=0)
+
+    def health(self) -> EngineHealth:
+        """Alive (the loop has not died) and batching (no work, or a forward finished recently)."""
+        if self._dead is not None:
+            return EngineHealth(False, False, f"the engine is dead: {self._dead}")
+        if self._running and not self._stopping and not self._worker.is_alive():
+            return EngineHealth(False, False, "the engine thread is gone")
+        stalled_s = time.monotonic() - self._last_progress
+        if self._num_enqueued > self._num_taken and stalled_s > STALL_TIMEOUT_S:
+            return EngineHealth(True, False, f"inputs are waiting and no forward finished for {stalled_s:.0f} s")
+        return EngineHealth(True, True, None)
+
+    def lora_adapters(self) -> dict[str, str]:
+        return {}  # embedding models serve no LoRA adapters
+
+    def find_adapter(self, ref: str) -> str | None:
+        return None
+
+    async def load_lora_adapter(self, name: str, path: str, pinned: bool = False) -> None:
+        raise AdapterError("this is an embedding model: it serves no LoRA adapters")
+
+    async def unload_lora_adapter(self, name: str) -> None:
+        raise AdapterNotFoundError(f"the LoRA adapter {name!r} is not loaded (embedding models serve none)")
+
+    def cache_state(self, epoch: str | None, after: int | None) -> CacheState:
+        return CacheState(self._epoch, 0, [], [], [])  # no prefix cache: always an empty snapshot
 
     async def flush_cache(self) -> bool:
         return True  # no KV cache to flush
@@ -154,6 +195,14 @@ class AsyncEmbeddingEngine:
     # -- the engine thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop_forever()
+        except BaseException as exc:  # a fault outside a forward: nothing can be served any more
+            self._dead = repr(exc)
+            logger.exception("the embedding loop died")
+            raise
+
+    def _loop_forever(self) -> None:
         pending: deque[tuple[_Job, int]] = deque()  # (job, input index), oldest first
         while not self._stopping:
             self._wakeup.clear()
@@ -163,6 +212,7 @@ class AsyncEmbeddingEngine:
             self._drop_cancelled(pending)
             if not pending:
                 self._wakeup.wait()
+                self._last_progress = time.monotonic()  # idle time is not a stall
                 continue
             lengths = [len(job.inputs[i]) for job, i in pending]
             count = take_batch(lengths, self.max_batch_tokens, self.max_batch_inputs)
@@ -181,6 +231,7 @@ class AsyncEmbeddingEngine:
                 pending = kept
             finally:
                 self._num_running = 0
+                self._last_progress = time.monotonic()
         for job, _ in pending:
             self._post(_fail, job, EngineDeadError("the server is shutting down"))
         while not self._jobs.empty():

@@ -58,6 +58,8 @@ async def test_generation_is_refused_and_a_stopped_engine_answers_dead() -> None
     engine = await _engine()
     with pytest.raises(EngineError, match="embedding model"):
         engine.check_request([1, 2], SamplingParams())
+    assert engine.health().is_healthy and engine.lora_adapters() == {} and engine.find_adapter("x") is None
+    assert engine.cache_state(None, None).snapshot == []
     await engine.shutdown()
     with pytest.raises(EngineDeadError):
         await engine.embed([[101, 102]])
