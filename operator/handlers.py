@@ -38,11 +38,13 @@ def isvc_ref(namespace: str, name: str) -> Ref:
     return Ref(names.API_VERSION, names.KIND, namespace, name)
 
 
-async def on_inference_service(namespace: str, name: str, logger: kopf.Logger, memo: Any, **_: Any) -> None:
+async def on_inference_service(namespace: str | None, name: str, logger: kopf.Logger, memo: Any,
+                               **_: Any) -> None:
     """Create, update, resume, resync: reconcile the children and write the status, through the writer."""
     async def compute(live: dict[str, Any]) -> dict[str, Any]:
         return await reconcile(memo.client, memo.config, live, logger)
 
+    assert namespace is not None  # InferenceService is namespaced
     try:
         await memo.writer.update(isvc_ref(namespace, name), compute)
     except (KubeError, aiohttp.ClientError, TimeoutError) as error:

@@ -127,8 +127,8 @@ class Rollout(Model):
 
 
 class DisruptionBudget(Model):
-    max_unavailable: IntOrPercent = Field(default=1, description="Runtime pods voluntary disruptions (node "
-                                          "drains) may take down at once.")
+    max_unavailable: IntOrPercent = Field(description="Runtime pods voluntary disruptions (node drains) may "
+                                          "take down at once, e.g. 1 or 25%.")
 
 
 class Runtime(Model):

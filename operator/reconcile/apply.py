@@ -36,7 +36,8 @@ IMMUTABLE_FIELDS = {"Deployment": (("spec", "selector"),), "Service": (("spec", 
 def immutable_change(manifest: Mapping[str, Any], live: Mapping[str, Any]) -> str | None:
     """The dotted path of an immutable field the manifest sets to another value than the live one."""
     for path in IMMUTABLE_FIELDS.get(manifest.get("kind", ""), ()):
-        desired, current = manifest, live
+        desired: Any = manifest
+        current: Any = live
         for part in path:
             desired = desired.get(part) if isinstance(desired, Mapping) else None
             current = current.get(part) if isinstance(current, Mapping) else None

@@ -12,7 +12,7 @@ from fleetserve.operator.manifests.meta import Owner
 from fleetserve.operator.spec import InferenceServiceSpec
 
 SPEC = InferenceServiceSpec.model_validate({"model": {"source": "hf://o/m"}, "ingress": {"host": "h"},
-                                            "disruptionBudget": {}})
+                                            "disruptionBudget": {"maxUnavailable": 1}})
 CHILDREN = build_children(Owner("x", "ns", "uid"), SPEC, "img", 1)
 
 

@@ -19,8 +19,10 @@ It is a test tool, not Kubernetes. What it does, and what stands in for what:
 - Service accounts: a pod running as a ServiceAccount gets ``KUBECONFIG`` pointing at this API server
   with a token, instead of the files under /var/run/secrets (there is no in-cluster DNS or
   KUBERNETES_SERVICE_HOST either).
-- Probes: startup, readiness and liveness probes run as declared (path, port, failureThreshold),
-  with every period multiplied by ``probe_scale`` so tests take seconds rather than minutes.
+- Probes: startup, readiness and liveness probes run as declared (path, port, timeout,
+  failureThreshold); startup and readiness periods are multiplied by ``probe_scale`` so tests take
+  seconds rather than minutes, liveness keeps its declared period (a scaled one would kill a process
+  that is merely slow on a loaded machine).
 - Restarts: an exited container restarts with back-off (``CrashLoopBackOff``), as does one whose
   liveness or startup probe fails.
 - Termination: a deleted pod's endpoint turns ``terminating`` first, then the process gets SIGTERM
@@ -408,14 +410,15 @@ class Kubelet:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
-    def _period(self, probe: dict[str, Any]) -> float:
-        return max(0.05, float(probe.get("periodSeconds", 10)) * self.probe_scale)
+    def _period(self, probe: dict[str, Any], scaled: bool = True) -> float:
+        return max(0.05, float(probe.get("periodSeconds", 10)) * (self.probe_scale if scaled else 1.0))
 
     async def _probe_loop(self, pod: Pod) -> None:
         container = pod.container
         startup, readiness, liveness = (container.get(k) for k in ("startupProbe", "readinessProbe", "livenessProbe"))
         pod.failures = {"startup": 0, "readiness": 0, "liveness": 0}
         await asyncio.sleep(float((startup or readiness or {}).get("initialDelaySeconds", 0)) * self.probe_scale)
+        next_liveness = asyncio.get_running_loop().time() + float((liveness or {}).get("initialDelaySeconds", 0))
         while pod.process is not None and pod.process.returncode is None:
             if not pod.started:
                 if startup is None or await self._probe(pod, startup):
@@ -436,7 +439,9 @@ class Kubelet:
                         pod.ready = False
             else:
                 pod.ready = True
-            if liveness is not None:
+            now = asyncio.get_running_loop().time()
+            if liveness is not None and now >= next_liveness:
+                next_liveness = now + self._period(liveness, scaled=False)
                 if await self._probe(pod, liveness):
                     pod.failures["liveness"] = 0
                 else:

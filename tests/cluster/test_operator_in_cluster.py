@@ -15,7 +15,7 @@ from conftest import CHART_VALUES
 NAMESPACE = "ml"
 ISVC = "fleetserve.io/v1alpha1/inferenceservices"
 DEPLOYMENTS = "apps/v1/deployments"
-WAIT = 60.0
+WAIT = 120.0  # generous: the machine running the suite may be shared and loaded
 OPERATOR_AGENTS = ("fleetserve-operator", "kopf/")
 
 
@@ -38,7 +38,7 @@ def operator_writes(cluster) -> list[tuple[str, str, str]]:
     return [w for w in cluster.api.write_log if w[2].startswith(OPERATOR_AGENTS)]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)
 async def test_pod_failures_scale_restart_and_immutable_fields(cluster):
     await cluster.install_chart(CHART_VALUES)
     await cluster.apply(isvc("pull", {"image": "registry.invalid/fleetserve-typo:1"}), NAMESPACE)

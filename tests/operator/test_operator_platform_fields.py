@@ -106,6 +106,15 @@ def test_disruption_budget_is_built_when_asked_and_removed_otherwise():
     assert wanted == {"Ingress": False, "PodDisruptionBudget": False}
 
 
+def test_an_unset_disruption_budget_gets_no_crd_default():
+    """The API server fills `default: {}` into optional objects whose fields all have defaults; the
+    budget's maxUnavailable is required so that an InferenceService without one gets no PDB."""
+    from fleetserve.operator.crd import openapi_schema
+
+    budget = openapi_schema()["properties"]["spec"]["properties"]["disruptionBudget"]
+    assert "default" not in budget and budget["required"] == ["maxUnavailable"]
+
+
 @pytest.mark.parametrize(("raw_runtime", "bounds"), [
     ({}, {"maxSurge": 1, "maxUnavailable": 0}),  # CPU: a surge pod has room, keep serving capacity
     ({"resources": {"gpus": 1}}, {"maxSurge": 0, "maxUnavailable": 1}),  # a full GPU node has no room
