@@ -8,7 +8,8 @@ The target is mixed >= 70% of base.
 
     python -P benchmarks/lora_throughput.py [--size large] [--dtype bfloat16] [--num-requests 32]
 
-Prints figures; asserts nothing.
+Prints the median and the best round of each (the best is the least disturbed by other work on the
+machine); asserts nothing.
 """
 
 from __future__ import annotations
@@ -83,12 +84,13 @@ def main() -> None:
             rounds[label].append(result["tok_s"])
             print(f"round {r} {label:5s}: {result['tokens']} tokens in {result['seconds']:.2f} s = "
                   f"{result['tok_s']:.1f} output tok/s", flush=True)
-    base_tps, mixed_tps = statistics.median(rounds["base"]), statistics.median(rounds["mixed"])
     print(f"\n{args.arch}-{args.size} {args.dtype}, {args.num_requests} requests x ({args.prompt_len} prompt + "
           f"{args.output_len} output) tokens, adapters ranks {ranks} on all 7 projections")
-    print(f"base model:        {base_tps:.1f} output tok/s (median of {args.repeats})")
-    print(f"mixed {len(adapters)} adapters:  {mixed_tps:.1f} output tok/s")
-    print(f"mixed / base:      {mixed_tps / base_tps:.2f} (target >= 0.70)")
+    # the best round is the one least disturbed by other work on the machine; the median is also shown
+    for label, pick in (("median", statistics.median), ("best", max)):
+        base_tps, mixed_tps = pick(rounds["base"]), pick(rounds["mixed"])
+        print(f"{label:6s} of {args.repeats}: base {base_tps:.1f} output tok/s, mixed {len(adapters)} adapters "
+              f"{mixed_tps:.1f} output tok/s, mixed / base {mixed_tps / base_tps:.2f} (target >= 0.70)")
 
 
 if __name__ == "__main__":
