@@ -3,7 +3,8 @@
 One module-scoped fleet, tests in order: answers pass through; a shared system prompt stays on one
 worker and the router's predicted cached tokens equal what the worker reports; a worker that comes
 up later gets traffic; a worker killed mid-run fails only its own streams, fast; with no worker left
-requests are held, then answered 503.
+requests are held, then answered 503. LoRA: requests for an adapter go only to workers that have it
+loaded, and follow a load at run time.
 """
 
 from __future__ import annotations
@@ -51,8 +52,16 @@ class Fleet:
         return openai.OpenAI(base_url=self.url + "/v1", api_key="EMPTY", max_retries=0, timeout=60)
 
     def start(self) -> None:
+        from fleetserve.runtime.demo import default_demo_model_dir
+        from tests.runtime.lora.adapters import AdapterSpec, make_adapter
+
+        self.adapter = make_adapter(default_demo_model_dir(), self.tmp / "sql-adapter",
+                                    AdapterSpec("sql", 4, 8, ("q_proj", "v_proj"), seed=1))
+        lora = [["--enable-lora", "--max-lora-rank", "8"],  # worker 0 loads `sql` later, at run time
+                ["--enable-lora", "--max-lora-rank", "8", "--lora-paths", f"sql={self.adapter}"]]
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            self.workers = list(pool.map(lambda i: start_server(WORKER_ARGS, self.tmp / f"worker{i}.log"), range(2)))
+            self.workers = list(pool.map(lambda i: start_server(WORKER_ARGS + lora[i], self.tmp / f"worker{i}.log"),
+                                         range(2)))
         urls = [w.url for w in self.workers] + [f"http://127.0.0.1:{self.late_port}"]
         self.router_log = (self.tmp / "router.log").open("w")
         self.router = subprocess.Popen(
@@ -144,6 +153,34 @@ def test_shared_system_prompt_stays_on_one_worker_and_predictions_match_reports(
     predicted = after[key_p] - before.get(key_p, 0)
     reported = after[key_r] - before.get(key_r, 0)
     assert reported == sum(cached) and predicted == reported  # the router's token ids are the worker's
+
+
+def test_lora_requests_go_where_the_adapter_is_and_follow_run_time_loads(fleet):
+    client = fleet.client()
+    plain, with_sql = fleet.workers
+    for model in ("default:sql", "sql"):
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=ask(f"adapter via {model}"),
+                                                               max_tokens=3)
+        assert raw.headers[WORKER_HEADER] == with_sql.url and raw.parse().choices[0].message.content is not None
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="default:nope", messages=ask("x"), max_tokens=3)
+    assert missing.value.body["code"] == 404 or missing.value.status_code == 404
+    assert "sql" in {m.id for m in client.models.list()}
+    httpx.post(plain.url + "/load_lora_adapter", json={"lora_name": "sql", "lora_path": str(fleet.adapter)},
+               timeout=60).raise_for_status()
+    deadline = time.monotonic() + 10
+    while not all("sql" in w["adapters"] for w in fleet.workers_state() if w["phase"] == "ready"):
+        assert time.monotonic() < deadline, fleet.workers_state()
+        time.sleep(0.1)
+
+    def one(i: int) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="default:sql", messages=ask(f"lora {i}", system=f"Adapter system prompt {i}."), max_tokens=16)
+        return raw.headers[WORKER_HEADER]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        served = set(pool.map(one, range(8)))
+    assert served == {plain.url, with_sql.url}
 
 
 def test_a_worker_that_comes_up_later_gets_traffic(fleet):
