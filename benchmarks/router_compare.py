@@ -27,6 +27,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 SGLANG_PY = HERE / ".venv-sglang-router" / "bin" / "python"
 PAGE = 16
 ROUTER_PORT = 38000
-WORKER_BASE_PORT = 38100
+WORKER_BASE_PORT = 38200
 START_TIMEOUT_S = 600.0
 
 
@@ -132,6 +133,11 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait_http(url: str, processes: list[subprocess.Popen], timeout_s: float = START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -174,6 +180,8 @@ def start_fleet(args: argparse.Namespace, logs: Path) -> Fleet:
     processes, urls = [], []
     for i in range(args.workers):
         port = WORKER_BASE_PORT + i
+        if port_in_use(port):
+            raise RuntimeError(f"port {port} is taken: stop whatever listens there first")
         command = [sys.executable, "-P", "-m", "fleetserve.runtime.cli", "serve", "--port", str(port),
                    "--enable-cache-report", "--page-size", str(PAGE), "--max-running-requests", "256",
                    "--log-level", "warning"]
@@ -194,7 +202,8 @@ def router_command(kind: str, urls: list[str], port: int) -> tuple[list[str], di
     if kind.startswith("sglang"):
         policy = kind.removeprefix("sglang_")
         return ([str(SGLANG_PY), "-m", "sglang_router.launch_router", "--worker-urls", *urls, "--policy", policy,
-                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warn"], {"HF_HUB_OFFLINE": "1"})
+                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warn",
+                 "--shutdown-grace-period-secs", "1"], {"HF_HUB_OFFLINE": "1"})
     policy = kind.removeprefix("fleetserve_")
     return ([sys.executable, "-P", "-m", "fleetserve.runtime.cli", "router", "--worker-urls", *urls,
              "--policy", policy, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], {})
@@ -385,19 +394,25 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     fleet = start_fleet(args, logs)
     rows: list[dict] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop every child
     try:
         for workload in workloads:
             rate = modelled_rate(args, workload, tokenizer) if args.mode == "sim" else args.rate
             for router in args.routers:
                 fleet.flush()
                 before = fleet.request_counts()
-                command, env = router_command(router, fleet.urls, ROUTER_PORT)
+                port = ROUTER_PORT + len(rows)  # a port of its own: a router that lingers answers nobody
+                if port_in_use(port):
+                    raise RuntimeError(f"port {port} is taken: stop whatever listens there first")
+                command, env = router_command(router, fleet.urls, port)
                 proc = _spawn(command, logs / f"router-{router}-{workload.name}.log", env)
                 try:
-                    _wait_http(f"http://127.0.0.1:{ROUTER_PORT}/health", [proc], 120)
+                    _wait_http(f"http://127.0.0.1:{port}/health", [proc], 120)
                     time.sleep(2.0)  # let a router learn its workers (fleetserve: /routing_info, /cache_state)
-                    sent, duration = asyncio.run(drive(f"http://127.0.0.1:{ROUTER_PORT}", workload, rate,
+                    sent, duration = asyncio.run(drive(f"http://127.0.0.1:{port}", workload, rate,
                                                        args.seed, 600.0))
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"{router} exited during the run; see its log")
                 finally:
                     _stop([proc])
                 after = fleet.request_counts()
