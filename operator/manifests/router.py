@@ -44,12 +44,23 @@ def router_resources(spec: InferenceServiceSpec) -> dict[str, Any]:
     }
 
 
+def router_env(spec: InferenceServiceSpec) -> dict[str, Any]:
+    """The API key, when there is one: the router checks clients' keys and sends it to the runtime pods
+    for their protected routing endpoints (/routing_info, /cache_state)."""
+    secret = spec.api_key_secret
+    if secret is None:
+        return {}
+    ref = {"secretKeyRef": {"name": secret.name, "key": secret.key}}
+    return {"env": [{"name": defaults.ENV_API_KEY, "valueFrom": ref}]}
+
+
 def router_container(owner: Owner, spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
     return {
         "name": CONTAINER,
         "image": spec.router.image or spec.runtime.image or image,
         "command": ["fleetserve"],
         "args": router_args(owner, spec),
+        **router_env(spec),
         "ports": [{"name": PORT_NAME, "containerPort": wire.ROUTER_PORT, "protocol": "TCP"}],
         "resources": router_resources(spec),
         "readinessProbe": http_probe(wire.PATH_HEALTH, defaults.READINESS_PERIOD_SECONDS, defaults.READINESS_FAILURE_THRESHOLD),

@@ -7,6 +7,8 @@ the official openai client talks to the router's address. See cluster.py for wha
 
 from __future__ import annotations
 
+import base64
+
 import openai
 import pytest
 import yaml
@@ -18,6 +20,7 @@ NAMESPACE = "demo"
 ISVC = "fleetserve.io/v1alpha1/inferenceservices"
 STARTUP_SECONDS = 300.0  # ~50 s on an idle 2-core machine; generous for a loaded one
 CLEANUP_SECONDS = 60.0
+API_KEY = "sk-local-cluster"
 
 
 def condition(obj: dict | None, type_: str) -> dict:
@@ -29,6 +32,11 @@ async def test_chart_example_serves_the_openai_client_and_delete_removes_everyth
     await cluster.install_chart(CHART_VALUES)
     isvc = yaml.safe_load(EXAMPLE.read_text())
     name = isvc["metadata"]["name"]
+    # the example plus an API key, as docs/install.md shows it for the GPU example
+    key = base64.b64encode(API_KEY.encode()).decode()
+    await cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo-key"},
+                         "data": {"api-key": key}}, NAMESPACE)
+    isvc["spec"]["apiKeySecret"] = {"name": "demo-key"}
     await cluster.apply(isvc, NAMESPACE)
 
     def ready():
@@ -49,7 +57,9 @@ async def test_chart_example_serves_the_openai_client_and_delete_removes_everyth
 
     url = cluster.service_url(NAMESPACE, name)  # the router Service, as an Ingress would reach it
     assert url is not None
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        await openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
     chat = await client.chat.completions.create(
         model="demo", messages=[{"role": "user", "content": "Hello there"}], max_tokens=8, temperature=0)
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens > 0
@@ -79,4 +89,4 @@ async def test_chart_example_serves_the_openai_client_and_delete_removes_everyth
 
     await eventually(all_gone, CLEANUP_SECONDS, "the InferenceService, its children, pods and processes gone")
     left = [o["kind"] for o in cluster.api.live_objects(namespace=NAMESPACE) if o["kind"] != "Event"]
-    assert left == []  # nothing else was left in the namespace
+    assert left == ["Secret"]  # the user's Secret, which the InferenceService never owned

@@ -140,3 +140,13 @@ def test_probes_liveness_and_readiness_ask_the_runtimes_health():
     # not ready within 15 s of /health failing; restarted after a minute of it (a dead or stalled engine)
     assert container["readinessProbe"]["periodSeconds"] * container["readinessProbe"]["failureThreshold"] <= 15
     assert container["livenessProbe"]["periodSeconds"] * container["livenessProbe"]["failureThreshold"] == 60
+
+
+def test_the_router_gets_the_api_key_from_the_same_secret_as_the_runtime():
+    raw = {**MINIMAL, "apiKeySecret": {"name": "llm-keys"}}
+    router = build_router_deployment(OWNER, spec_of(raw), IMAGE)["spec"]["template"]["spec"]["containers"][0]
+    runtime_env = {e["name"]: e for e in pod(raw)["containers"][0]["env"]}
+    assert router["env"] == [runtime_env[wire.ENV_API_KEY]]
+    assert runtime_env[wire.ENV_API_KEY]["valueFrom"] == {"secretKeyRef": {"name": "llm-keys", "key": "api-key"}}
+    assert "env" not in build_router_deployment(OWNER, spec_of(MINIMAL), IMAGE)["spec"]["template"]["spec"][
+        "containers"][0]
