@@ -86,7 +86,7 @@ class Balancer:
             return None
         cands = [candidate_of(w, key) for w in workers]
         choice = self.policy.choose(key, cands)
-        worker, cand = workers[choice.index], cands[choice.index]
+        worker, cand = workers[choice.position], cands[choice.position]
         pending = max(0, key.num_tokens - cand.matched_tokens)
         worker.in_flight += 1
         worker.pending_prefill_tokens += pending

@@ -32,7 +32,7 @@ class Candidate(NamedTuple):
 
 
 class Choice(NamedTuple):
-    index: int  # into the candidates
+    position: int  # into the candidates
     reason: Reason
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ def token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def requested_adapter(body: dict[str, Any], served_names: set[str], known_adapters: set[str] = frozenset()) -> str | None:
+def requested_adapter(body: dict[str, Any], served_names: AbstractSet[str],
+                      known_adapters: AbstractSet[str] = frozenset()) -> str | None:
     """The LoRA adapter a request asks for, resolved as the worker resolves it (serving_models.py).
 
     `model: "base:adapter"` wins over `lora_path`; `model: "adapter"` (vLLM lists adapters as models)

@@ -137,9 +137,10 @@ class StateSync:
             if info.get("hash_scheme") not in (None, wire.BLOCK_HASH_SCHEME):
                 logger.warning("worker %s hashes blocks with %s, not %s: routing on predictions only",
                                worker.url, info.get("hash_scheme"), wire.BLOCK_HASH_SCHEME)
-            self.encoder = await asyncio.to_thread(PromptEncoder.from_routing_info, info)
-            logger.info("routing on %s's tokenizer (model %s, page size %d)", worker.url,
-                        self.encoder.model, self.encoder.page_size)
+            encoder = await asyncio.to_thread(PromptEncoder.from_routing_info, info)
+            self.encoder = encoder
+            logger.info("routing on %s's tokenizer (model %s, page size %d)", worker.url, encoder.model,
+                        encoder.page_size)
 
     def check_in(self, worker: WorkerState, answered: bool) -> None:
         if answered:

@@ -94,14 +94,14 @@ class WorkerSet:
             if self.on_removed:
                 self.on_removed(worker)
         for url, ready in endpoints.items():
-            worker = self.workers.get(url)
-            if worker is None:
+            known = self.workers.get(url)
+            if known is None:
                 worker = self.workers[url] = WorkerState(url, self.make_index(), is_discovered_ready=ready)
                 logger.info("worker %s added (%s)", url, "ready" if ready else "not ready")
                 if self.on_added:
                     self.on_added(worker)
-            elif worker.is_discovered_ready != ready:
-                worker.is_discovered_ready = ready
+            elif known.is_discovered_ready != ready:
+                known.is_discovered_ready = ready
                 logger.info("worker %s %s", url, "ready" if ready else "draining")
         self.notify()
 

@@ -48,7 +48,7 @@ def cand(url: str, load: int = 0, matched: int = 0, pending: int = 0, blocks: in
 )
 def test_cache_aware_table(candidates, expected, reason):
     choice = CacheAware(CacheAwareConfig(request_cost_tokens=256)).choose(KEY, candidates)
-    assert (candidates[choice.index].url, choice.reason) == (expected, reason)
+    assert (candidates[choice.position].url, choice.reason) == (expected, reason)
 
 
 def test_hot_prefix_spreads_as_its_holders_load_grows():
@@ -58,7 +58,7 @@ def test_hot_prefix_spreads_as_its_holders_load_grows():
     holders: set[str] = set()
     for _ in range(64):
         cands = [cand(u, loads[u], matched=2048 if u in holders else 0) for u in sorted(loads)]
-        url = cands[policy.choose(KEY, cands).index].url
+        url = cands[policy.choose(KEY, cands).position].url
         loads[url] += 1
         holders.add(url)
     assert max(loads.values()) - min(loads.values()) <= 2048 // 256 + 1
@@ -70,21 +70,21 @@ def test_cold_requests_rotate_among_equally_loaded_workers():
     """No 'always the same replica' on a miss at low concurrency (sglang #32983)."""
     policy = CacheAware()
     cands = [cand("a"), cand("b"), cand("c")]
-    picked = {cands[policy.choose(KEY, cands).index].url for _ in range(3)}
+    picked = {cands[policy.choose(KEY, cands).position].url for _ in range(3)}
     assert picked == {"a", "b", "c"}
 
 
 def test_cold_requests_prefer_the_smaller_cache_at_equal_cost():
     cands = [cand("a", blocks=900), cand("b", blocks=10), cand("c", blocks=500)]
-    assert cands[CacheAware().choose(KEY, cands).index].url == "b"
+    assert cands[CacheAware().choose(KEY, cands).position].url == "b"
 
 
 def test_cache_threshold_ignores_small_matches():
     cands = [cand("a", 1, matched=64), cand("b", 0)]
     strict = CacheAware(CacheAwareConfig(cache_threshold=0.5, request_cost_tokens=0.01))
-    assert cands[strict.choose(KEY, cands).index].url == "b"
+    assert cands[strict.choose(KEY, cands).position].url == "b"
     loose = CacheAware(CacheAwareConfig(cache_threshold=0.0, request_cost_tokens=0.01))
-    assert cands[loose.choose(KEY, cands).index].url == "a"
+    assert cands[loose.choose(KEY, cands).position].url == "a"
 
 
 @pytest.mark.parametrize(("loads", "expected"), [
@@ -97,25 +97,25 @@ def test_imbalance_gate_needs_both_thresholds(loads, expected):
 def test_round_robin_cycles_and_least_load_picks_minimum():
     cands = [cand("a", 5), cand("b", 1), cand("c", 1)]
     rr = RoundRobin()
-    assert [rr.choose(KEY, cands).index for _ in range(4)] == [0, 1, 2, 0]
+    assert [rr.choose(KEY, cands).position for _ in range(4)] == [0, 1, 2, 0]
     ll = LeastLoad()
-    assert {ll.choose(KEY, cands).index for _ in range(4)} == {1, 2}
+    assert {ll.choose(KEY, cands).position for _ in range(4)} == {1, 2}
 
 
 def test_power_of_two_never_picks_the_busier_of_its_pair():
     cands = [cand(str(i), load=i) for i in range(6)]
     policy = PowerOfTwo(random.Random(0))
-    picks = [policy.choose(KEY, cands).index for _ in range(200)]
+    picks = [policy.choose(KEY, cands).position for _ in range(200)]
     assert 5 not in picks and picks.count(0) > picks.count(4)
 
 
 def test_random_is_seeded_and_covers_everyone():
     cands = [cand(str(i)) for i in range(4)]
-    a = [Random(random.Random(3)).choose(KEY, cands).index for _ in range(1)]
-    b = [Random(random.Random(3)).choose(KEY, cands).index for _ in range(1)]
+    a = [Random(random.Random(3)).choose(KEY, cands).position for _ in range(1)]
+    b = [Random(random.Random(3)).choose(KEY, cands).position for _ in range(1)]
     assert a == b
     policy = Random(random.Random(1))
-    assert {policy.choose(KEY, cands).index for _ in range(100)} == {0, 1, 2, 3}
+    assert {policy.choose(KEY, cands).position for _ in range(100)} == {0, 1, 2, 3}
 
 
 def test_build_policy_knows_every_name():
