@@ -40,7 +40,8 @@ CHILDREN = [("apps/v1/deployments", "{}-runtime"), ("apps/v1/deployments", "{}-r
 NAMESPACED = {ISVC: "InferenceService", "apps/v1/deployments": "Deployment", "v1/services": "Service",
               "v1/serviceaccounts": "ServiceAccount", "rbac.authorization.k8s.io/v1/roles": "Role",
               "rbac.authorization.k8s.io/v1/rolebindings": "RoleBinding",
-              "networking.k8s.io/v1/ingresses": "Ingress", "v1/events": "Event"}
+              "networking.k8s.io/v1/ingresses": "Ingress", "v1/events": "Event", "v1/pods": "Pod",
+              "policy/v1/poddisruptionbudgets": "PodDisruptionBudget"}
 CLUSTER = {"v1/namespaces": "Namespace", "apiextensions.k8s.io/v1/customresourcedefinitions": "CustomResourceDefinition"}
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 POLL_SECONDS = 0.002
