@@ -64,7 +64,9 @@ MAX_BACKOFF_SECONDS = 5.0
 
 
 def is_project_image(image: str) -> bool:
-    repository = image.split("@")[0].rsplit(":", 1)[0] if "/" in image.split("@")[0] else image
+    repository = image.split("@")[0]
+    if ":" in repository.rsplit("/", 1)[-1]:  # a tag, not a registry port
+        repository = repository.rsplit(":", 1)[0]
     return repository == "fleetserve" or repository.endswith("/fleetserve")
 
 
