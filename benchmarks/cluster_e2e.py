@@ -3,7 +3,7 @@
     python -P benchmarks/cluster_e2e.py [--runs 3] [--replicas 2]
 
 Runs the local test cluster (tests/cluster/: kmock as the API server, the chart applied, the real
-operator, router and runtime processes on 127.42.0.N; see tests/cluster/cluster.py for what stands in
+operator, router and runtime processes on 127.A.B.N; see tests/cluster/cluster.py for what stands in
 for what) with examples/inferenceservice-demo.yaml (the demo model). Per run it prints:
 
 - apply → first answer: from the InferenceService's creation until the first chat completion answered

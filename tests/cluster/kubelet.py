@@ -12,7 +12,8 @@ It is a test tool, not Kubernetes. What it does, and what stands in for what:
   ENTRYPOINT ``fleetserve`` as in the Dockerfile, i.e. ``python -P -m fleetserve.runtime.cli``; any
   other image fails to pull (``ErrImagePull``, then ``ImagePullBackOff``).
 - Network: pods share the host's network namespace, so each pod gets its own loopback address
-  (127.42.0.N) as its pod IP, every container port stays the same, and ``0.0.0.0`` in a container's
+  (127.A.B.N, with A.B drawn per cluster so that two test runs on one machine do not collide) as its
+  pod IP, every container port stays the same, and ``0.0.0.0`` in a container's
   arguments is replaced by the pod IP (a pod's wildcard bind is its own address).
 - Volumes: every volume is a local directory (emptyDir: per pod; persistentVolumeClaim and hostPath:
   shared by name); mount paths in arguments and environment values are rewritten to them.
@@ -56,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 CLI = [sys.executable, "-P", "-m", "fleetserve.runtime.cli"]  # the image's ENTRYPOINT ["fleetserve"]
 IMAGE_CMD = ["serve"]  # the image's CMD
-ADDRESS_PREFIX = "127.42.0."
 GPU = "nvidia.com/gpu"
 SLICE_MANAGER = "kubelet-standin.fleetserve.test"
 USER_AGENT = "kubelet-standin (tests/cluster)"
@@ -134,7 +134,8 @@ class Kubelet:
         self.grace_scale = grace_scale
         self.tick_seconds = tick_seconds
         self.pods: dict[tuple[str, str], Pod] = {}
-        self.free_addresses = [f"{ADDRESS_PREFIX}{n}" for n in range(2, 255)]
+        block = f"127.{secrets.randbelow(200) + 40}.{secrets.randbelow(256)}."  # not 127.0.0.0/16
+        self.free_addresses = [f"{block}{n}" for n in range(2, 255)]
         self.token = secrets.token_hex(16)
         self.kubeconfig = workdir / "serviceaccount-kubeconfig.yaml"
         self._http: aiohttp.ClientSession | None = None
