@@ -103,10 +103,14 @@ class PromptEncoder:
         if not self.chat_template:
             raise TemplateRefused("no chat template")
         text = render_chat(self.chat_template, body, self.special_tokens or {})
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.encode(text, add_special_tokens=False)
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        # encode_batch releases the GIL while the Rust tokenizer works (encode does not)
+        return self.tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def text_ids(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=True).ids
+        ids = self.encode(text, add_special_tokens=True)
         bos = self.bos_id
         if self.add_bos and bos is not None and (not ids or ids[0] != bos):
             ids.insert(0, bos)

@@ -12,6 +12,7 @@ and the worker aborts the request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -70,10 +71,14 @@ class Proxy:
         encoder = self.encoder()
         return {encoder.model} if encoder is not None and encoder.model else set()
 
-    def route_key(self, kind: str, parsed: dict[str, Any]) -> tuple[str | None, RequestKey]:
-        """The adapter to filter workers by (None: any worker) and the request's routing key."""
+    async def route_key(self, kind: str, parsed: dict[str, Any]) -> tuple[str | None, RequestKey]:
+        """The adapter to filter workers by (None: any worker) and the request's routing key.
+
+        The key (template, tokenizer, hashes: about a millisecond per thousand prompt tokens) is
+        computed in a worker thread, so the event loop keeps relaying other answers meanwhile.
+        """
         adapter = requested_adapter(parsed, self.served_names(), self.workers.adapters())
-        key = request_key(kind, parsed, self.encoder(), adapter)
+        key = await asyncio.to_thread(request_key, kind, parsed, self.encoder(), adapter)
         if adapter is not None and is_adapter_path(adapter) and adapter not in self.workers.adapters():
             return None, key._replace(adapter=None)  # a folder: the worker maps it to its adapter
         return adapter, key
@@ -103,7 +108,7 @@ class Proxy:
         start = time.monotonic()
         body = await request.read()
         parsed = _parse(body)
-        adapter, key = self.route_key(kind, parsed)
+        adapter, key = await self.route_key(kind, parsed)
         headers = forward_headers(request.headers)
         tried: set[str] = set()
         hold_deadline: float | None = None
@@ -125,7 +130,7 @@ class Proxy:
                     hold_deadline = time.monotonic() + self.config.max_hold_secs
                 if not await self.hold(hold_deadline):
                     return self._unavailable("no worker became ready in time")
-                adapter, key = self.route_key(kind, parsed)  # now with a worker's tokenizer and adapters
+                adapter, key = await self.route_key(kind, parsed)  # now with a worker's tokenizer and adapters
                 continue
             if tried:
                 self.metrics.retries.inc()
