@@ -20,9 +20,10 @@ from fleetserve.runtime.router.workers import WorkerSet, WorkerState
 
 
 def candidate_of(worker: WorkerState, key: RequestKey) -> Candidate:
-    matched = worker.cache.matched_blocks(key.block_hashes) * key.page_size
-    return Candidate(worker.url, worker.load, min(matched, key.num_tokens), worker.pending_prefill_tokens,
-                     len(worker.cache))
+    blocks, predicted = worker.cache.match(key.block_hashes)
+    matched = min(blocks * key.page_size, key.num_tokens)
+    return Candidate(worker.url, worker.load, matched, worker.pending_prefill_tokens, len(worker.cache),
+                     min(predicted * key.page_size, matched))
 
 
 @dataclass(slots=True)

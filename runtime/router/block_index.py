@@ -26,10 +26,18 @@ class BlockIndex:
 
     def matched_blocks(self, hashes: Sequence[int]) -> int:
         """How many leading blocks of a request the worker holds (hashes are chained: a prefix)."""
+        return self.match(hashes)[0]
+
+    def match(self, hashes: Sequence[int]) -> tuple[int, int]:
+        """(leading blocks held, how many of those are only predicted, i.e. maybe still being computed)."""
+        predicted = 0
         for i, h in enumerate(hashes):
-            if h not in self.reported and h not in self.predicted:
-                return i
-        return len(hashes)
+            if h in self.reported:
+                continue
+            if h not in self.predicted:
+                return i, predicted
+            predicted += 1
+        return len(hashes), predicted
 
     def predict(self, hashes: Iterable[int], now: float) -> None:
         expiry = now + self.ttl

@@ -29,6 +29,7 @@ class Candidate(NamedTuple):
     matched_tokens: int  # prompt tokens the worker holds as a cached prefix of this request
     pending_prefill_tokens: int = 0  # uncached prompt tokens of requests routed there and not yet answering
     cached_blocks: int = 0  # size of the worker's cache as the router knows it
+    matched_predicted_tokens: int = 0  # of matched_tokens, those only predicted (maybe still being prefilled)
 
 
 class Choice(NamedTuple):
@@ -68,9 +69,14 @@ class CacheAwareConfig:
 def estimated_cost(key: RequestKey, c: Candidate, cfg: CacheAwareConfig) -> float:
     """Prefill tokens the request would wait for and compute there, plus the worker's load.
 
-    cost = pending_prefill_tokens + uncached_tokens + request_cost_tokens * load
+    cost = max(0, pending_prefill_tokens - matched_predicted_tokens) + uncached_tokens
+           + request_cost_tokens * load
+
+    Pending prefill that is this request's own prefix (routed there a moment ago, not computed yet)
+    is not counted: the request would wait for it there, or compute it itself anywhere else.
     """
-    return c.pending_prefill_tokens + uncached_tokens(key, c, cfg) + cfg.request_cost_tokens * c.load
+    waiting = max(0, c.pending_prefill_tokens - c.matched_predicted_tokens)
+    return waiting + uncached_tokens(key, c, cfg) + cfg.request_cost_tokens * c.load
 
 
 def uncached_tokens(key: RequestKey, c: Candidate, cfg: CacheAwareConfig) -> int:

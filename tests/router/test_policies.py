@@ -133,3 +133,14 @@ def test_keys_are_namespaced_by_adapter_and_unicode_safe():
     a, b = text_key(system + "質問その一" * 20, None), text_key(system + "別の質問です" * 20, None)
     shared = sum(1 for x, y in zip(a.block_hashes, b.block_hashes, strict=False) if x == y)
     assert shared == len(system.encode()) // 64 and len(a.block_hashes) > shared
+
+
+def test_pending_prefill_of_the_requests_own_prefix_does_not_push_it_away():
+    """A burst of one new prefix: the holder is still prefilling it; the next request waits for that
+    prefill there instead of recomputing the prefix elsewhere (unrelated pending work still counts)."""
+    policy = CacheAware(CacheAwareConfig(request_cost_tokens=256))
+    holder = Candidate("a", 1, 2048, pending_prefill_tokens=2048, matched_predicted_tokens=2048)
+    idle = cand("b")
+    assert policy.choose(KEY, [holder, idle]).position == 0
+    busy_elsewhere = Candidate("a", 1, 0, pending_prefill_tokens=2048)
+    assert policy.choose(KEY, [busy_elsewhere, idle]).position == 1
