@@ -10,6 +10,7 @@ Service (headless)          ``NAME-runtime``            per-pod DNS/endpoints fo
 Deployment                  ``NAME-router``             ``fleetserve router`` pods
 Service                     ``NAME``                    the stable in-cluster URL (router, port 80)
 ServiceAccount/Role/Binding ``NAME-router``             the router's pod discovery (least privilege)
+PodDisruptionBudget         ``NAME-runtime``            optional, for the runtime pods
 Ingress                     ``NAME``                    optional external URL
 ==========================  ==========================  ===========================================
 """

@@ -173,7 +173,7 @@ class Runtime(Model):
                                       "Volume objects).")
     volume_mounts: list[KubeObject] = Field(default_factory=list, description="Extra volume mounts of the "
                                             "runtime container (Kubernetes VolumeMount objects).")
-    model_cache: ModelCache = Field(default_factory=lambda: ModelCache(), description="Where downloaded "
+    model_cache: ModelCache = Field(default_factory=ModelCache, description="Where downloaded "
                                     "weights are kept (HF_HOME).")
     shm_size_limit: Quantity | None = Field(default=None, description="sizeLimit of the in-memory /dev/shm "
                                             "volume GPU replicas get.")
