@@ -33,6 +33,7 @@ from fleetserve.runtime.router.workers import WorkerSet, WorkerState
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({wire.PATH_HEALTH, wire.PATH_METRICS})
+KEEPALIVE_SECS = 3.0
 PROXIED = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
 
 
@@ -55,7 +56,10 @@ class Router:
     async def start(self) -> None:
         cfg = self.config
         self.workers = WorkerSet(lambda: BlockIndex(cfg.eviction_interval_secs, cfg.max_tree_size))
-        self.session = aiohttp.ClientSession(auto_decompress=False, connector=aiohttp.TCPConnector(limit=0),
+        # keep-alive shorter than the workers' (uvicorn closes idle connections after 5 s), so that a
+        # pooled connection is rarely reused just as the worker closes it
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECS)
+        self.session = aiohttp.ClientSession(auto_decompress=False, connector=connector,
                                              timeout=aiohttp.ClientTimeout(total=None))
         headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
         encoder = PromptEncoder.from_directory(cfg.tokenizer_path, cfg.page_size) if cfg.tokenizer_path else None

@@ -31,15 +31,16 @@ from fleetserve.runtime.router.keys import RequestKey
 from fleetserve.runtime.router.metrics import RouterMetrics
 from fleetserve.runtime.router.prompts import PromptEncoder, is_adapter_path, request_key, requested_adapter
 from fleetserve.runtime.router.usage import UsageTap
-from fleetserve.runtime.router.workers import WorkerSet
+from fleetserve.runtime.router.workers import WorkerSet, WorkerState
 
 logger = logging.getLogger(__name__)
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                         "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
 WORKER_HEADER = "X-Fleetserve-Worker"
-# Errors of a request that never got an answer from the worker: safe to send elsewhere.
-CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+# A request that lost its connection before any answer: a pooled keep-alive connection the worker had
+# just closed (tried once more on the same worker), or the worker died with the request.
+DROPPED_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 def forward_headers(headers: Any) -> CIMultiDict[str]:
@@ -159,18 +160,12 @@ class Proxy:
                                         sock_connect=self.config.connect_timeout_secs)
         try:
             try:
-                upstream = await self.session.request(request.method, worker.url + request.path_qs, data=body,
-                                                      headers=headers, timeout=timeout)
-            except CONNECT_ERRORS as exc:
-                self.metrics.upstream_errors.labels(worker.url, type(exc).__name__).inc()
-                logger.warning("worker %s unreachable (%s); ejecting it", worker.url, exc)
-                if worker.is_healthy:
-                    worker.is_healthy = False
-                    self.workers.notify()
-                return None
+                upstream = await self._send(request, worker, body, headers, timeout)
             except TimeoutError:
                 self.metrics.upstream_errors.labels(worker.url, "timeout").inc()
                 return error_response(504, "the worker did not answer in time")
+            if upstream is None:
+                return None
             try:
                 if upstream.status == 503:
                     payload = await upstream.read()
@@ -181,6 +176,31 @@ class Proxy:
                 upstream.close()
         finally:
             selection.release()
+
+    async def _send(self, request: web.Request, worker: WorkerState, body: bytes, headers: CIMultiDict[str],
+                    timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse | None:
+        """The worker's answer (headers received), or None when it could not be had (retry elsewhere).
+
+        A refused connection ejects the worker (its poll brings it back). A connection dropped before
+        any answer is tried once more on the same worker first: most often it is a keep-alive connection
+        the worker closed just as it was reused, and the worker still holds the request's cache.
+        """
+        for attempt in range(2):
+            try:
+                return await self.session.request(request.method, worker.url + request.path_qs, data=body,
+                                                  headers=headers, timeout=timeout)
+            except aiohttp.ClientConnectorError as exc:
+                self.metrics.upstream_errors.labels(worker.url, "connect").inc()
+                logger.warning("worker %s refused the connection (%s); ejecting it", worker.url, exc)
+                if worker.is_healthy:
+                    worker.is_healthy = False
+                    self.workers.notify()
+                return None
+            except DROPPED_ERRORS as exc:
+                self.metrics.upstream_errors.labels(worker.url, "dropped").inc()
+                logger.info("worker %s dropped the connection before answering (%r), %s", worker.url, exc,
+                            "trying it again" if attempt == 0 else "trying another worker")
+        return None
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, selection: Selection,
                      start: float) -> web.StreamResponse:
@@ -214,7 +234,11 @@ class Proxy:
             except ConnectionResetError:  # the client left: closing the worker's answer aborts it there
                 self.metrics.responses.labels("client_gone").inc()
                 return response
-        await response.write_eof()
+        try:
+            await response.write_eof()
+        except ConnectionResetError:
+            self.metrics.responses.labels("client_gone").inc()
+            return response
         self.metrics.responses.labels(str(upstream.status)).inc()
         self.metrics.latency.observe(time.monotonic() - start)
         self._record_usage(tap, selection)
