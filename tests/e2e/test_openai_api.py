@@ -82,7 +82,20 @@ def tokenizer():
 # --------------------------------------------------------------------------------------------------
 
 
-def test_overview_basic_chat(client: OpenAI) -> None:
+def assert_text_holds_the_tokens(text: str | None, completion_tokens: int, finish_reason: str | None,
+                                  max_tokens: int, tokenizer) -> None:
+    """The text is what the counted tokens decode to: a length finish generated exactly max_tokens, whose
+    text is not empty and decodes from the vocabulary; a stop finish may have ended on an EOS that adds
+    no text. (Re-encoding the text is no token count: random tokens decode to text that tokenizes
+    differently.)"""
+    assert isinstance(text, str) and 1 <= completion_tokens <= max_tokens
+    assert finish_reason in ("stop", "length")
+    if finish_reason == "length":
+        assert completion_tokens == max_tokens and text
+        assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_overview_basic_chat(client: OpenAI, tokenizer) -> None:
     response = client.chat.completions.create(
         model="meta-llama/Llama-3.1-8B-Instruct",
         messages=[
@@ -92,7 +105,9 @@ def test_overview_basic_chat(client: OpenAI) -> None:
         temperature=0.8,
         max_tokens=128
     )
-    assert isinstance(response.choices[0].message.content, str)
+    choice = response.choices[0]
+    assert_text_holds_the_tokens(choice.message.content, response.usage.completion_tokens, choice.finish_reason,
+                                 128, tokenizer)
     assert response.object == "chat.completion" and response.id.startswith("chatcmpl-")
     assert response.model == LLAMA and response.choices[0].finish_reason in ("stop", "length")
     usage = response.usage
@@ -163,15 +178,16 @@ def test_overview_cache_reporting(client: OpenAI) -> None:
     assert 0 < cached[1] < response.usage.prompt_tokens  # the repeat hits the prefix cache
 
 
-def test_overview_text_completion(client: OpenAI) -> None:
+def test_overview_text_completion(client: OpenAI, tokenizer) -> None:
     response = client.completions.create(
         model="meta-llama/Llama-3.1-8B-Instruct",
         prompt="Once upon a time",
         max_tokens=100,
         temperature=0.8
     )
-    assert isinstance(response.choices[0].text, str) and response.object == "text_completion"
-    assert response.usage.completion_tokens <= 100
+    assert response.object == "text_completion"
+    assert_text_holds_the_tokens(response.choices[0].text, response.usage.completion_tokens,
+                                 response.choices[0].finish_reason, 100, tokenizer)
 
 
 def test_overview_embeddings_are_refused_with_400(client: OpenAI) -> None:
@@ -394,6 +410,10 @@ def test_reasoning_page_qwen3(qwen3_server: ServeProcess) -> None:
     message = response.choices[0].message
     assert message.reasoning_content is None or isinstance(message.reasoning_content, str)
     assert isinstance(message.content, str)
+    # the demo model never closes the <think> the template opened: all it wrote is reasoning
+    text = (message.reasoning_content or "") + message.content
+    assert response.usage.completion_tokens >= 1 and (text or response.choices[0].finish_reason == "stop")
+    assert "<think>" not in text and "</think>" not in message.content
     response = client.chat.completions.create(
         model="deepseek-ai/DeepSeek-V3.1",
         messages=messages,
