@@ -282,11 +282,13 @@ class Kubelet:
         process = pod.process
         if process is None or process.returncode is not None:
             return
-        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may exit on its own meanwhile
+            process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), grace)
         except TimeoutError:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
             await process.wait()
 
     # --- one pod: schedule, pull, run, probe, restart -----------------------------------------------
