@@ -87,8 +87,9 @@ async def one_run(cluster: LocalCluster, replicas: int, timeout: float) -> dict[
 
 
 async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="fleetserve-cluster-") as workdir:
-        async with LocalCluster(Path(workdir)) as cluster:
+    with tempfile.TemporaryDirectory(prefix="fleetserve-cluster-") as scratch:
+        workdir = Path(args.workdir) if args.workdir else Path(scratch)
+        async with LocalCluster(workdir) as cluster:
             await cluster.install_chart(CHART_VALUES)
             results = []
             for run in range(args.runs):
@@ -105,4 +106,5 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--workdir", help="keep the pods' directories and logs here (default: a temporary one)")
     asyncio.run(main(parser.parse_args()))
