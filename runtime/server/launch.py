@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunked-prefill-size", type=int, default=2048,
                    help="token budget of one engine step, at least --max-running-requests; -1: no chunking "
                         "(a step can take a whole prompt)")
+    p.add_argument("--max-prefill-tokens-with-decodes", type=int,
+                   help="cap on the prefill tokens of a step that also decodes, which bounds the decodes' "
+                        "inter-token latency beside long prompts (default: no cap)")
     p.add_argument("--kv-cache-memory-gb", type=float, help="KV cache size (default: engine's choice)")
     p.add_argument("--disable-radix-cache", action="store_true", help="turn prefix caching off")
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "flashinfer"],
@@ -100,6 +103,7 @@ def engine_config(args: argparse.Namespace, model_path: str) -> Any:
         device=args.device,
         page_size=args.page_size,
         max_num_batched_tokens=None if args.chunked_prefill_size == NO_CHUNKING else args.chunked_prefill_size,
+        max_prefill_tokens_with_decodes=args.max_prefill_tokens_with_decodes,
         max_running_requests=args.max_running_requests,
         context_length=args.context_length,
         kv_cache_memory_gb=args.kv_cache_memory_gb,
@@ -182,6 +186,8 @@ def check_scheduling_args(parser: argparse.ArgumentParser, args: argparse.Namesp
                      f"({args.max_running_requests}): every running request decodes a token in each step")
     if args.page_size < 1:
         parser.error("--page-size must be at least 1")
+    if args.max_prefill_tokens_with_decodes is not None and args.max_prefill_tokens_with_decodes < 1:
+        parser.error("--max-prefill-tokens-with-decodes must be at least 1")
     if args.attention_backend == "flashinfer":
         parser.error(FLASHINFER_NOT_IMPLEMENTED)
 

@@ -29,6 +29,7 @@ def check(capsys, *argv: str) -> str:
     (("--chunked-prefill-size", "64"), "must be at least --max-running-requests (256)"),
     (("--max-queued-requests", "-1"), "--max-queued-requests must be 0 or more"),
     (("--attention-backend", "flashinfer"), "the FlashInfer backend is not implemented yet"),
+    (("--max-prefill-tokens-with-decodes", "0"), "--max-prefill-tokens-with-decodes must be at least 1"),
 ])
 def test_unrunnable_flags_are_refused(capsys, argv, expected):
     assert expected in check(capsys, *argv)
@@ -38,6 +39,8 @@ def test_minus_one_means_no_chunking(capsys):
     assert check(capsys, "--chunked-prefill-size", "-1") == ""
     assert check(capsys, "--chunked-prefill-size", "64", "--max-running-requests", "64") == ""
     assert engine_config(build_parser().parse_args(["--chunked-prefill-size", "-1"]), "/m").max_num_batched_tokens is None
+    capped = engine_config(build_parser().parse_args(["--max-prefill-tokens-with-decodes", "256"]), "/m")
+    assert capped.max_prefill_tokens_with_decodes == 256
 
 
 def test_no_chunking_prefills_a_long_prompt_in_one_step(demo_model):
