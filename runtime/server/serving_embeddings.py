@@ -63,8 +63,8 @@ def _inputs(body: EmbeddingRequest) -> list[str | list[int]]:
     if isinstance(value, str):
         return [value]
     if value and isinstance(value[0], int):
-        return [list(value)]  # type: ignore[arg-type]
-    return list(value)  # type: ignore[arg-type]
+        return [list(value)]
+    return list(value)
 
 
 def _truncation(state: ServerState, body: EmbeddingRequest) -> int | None:
@@ -93,7 +93,7 @@ def tokenize_inputs(state: ServerState, body: EmbeddingRequest) -> list[list[int
     texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
     ids: list[list[int]] = [[] for _ in inputs]
     if texts:
-        encoded = tokenize_texts(tokenizer, [x for _, x in texts], engine.message_format, cut)  # type: ignore[attr-defined]
+        encoded = tokenize_texts(tokenizer, [x for _, x in texts], engine.message_format, cut)
         for (i, _), tokens in zip(texts, encoded, strict=True):
             ids[i] = tokens
     vocab, side = state.vocab_size, getattr(tokenizer, "truncation_side", "right")
@@ -115,7 +115,7 @@ def tokenize_inputs(state: ServerState, body: EmbeddingRequest) -> list[list[int
 def _check_dimensions(state: ServerState, dimensions: int | None) -> None:
     if dimensions is None:
         return
-    spec, size = state.engine.spec, state.engine.model_config.hidden_size  # type: ignore[attr-defined]
+    spec, size = state.engine.spec, state.engine.model_config.hidden_size
     reason = spec.check_dimensions(dimensions, size)
     if reason is not None:
         raise bad_request(reason, "dimensions")
@@ -139,7 +139,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
     tracker = state.metrics.track()
     finished = False
     try:
-        result = await run_unless_disconnected(request, state.engine.embed(inputs))  # type: ignore[attr-defined]
+        result = await run_unless_disconnected(request, state.engine.embed(inputs))
         finished = True
     except ClientDisconnected:
         logger.info("client went away; dropped its %d embedding inputs", len(inputs))

@@ -44,7 +44,7 @@ async def health(request: Request) -> Response:
 
 async def _generate_one_token(state: ServerState) -> None:
     if getattr(state.engine, "is_embedding", False):  # an embedding model: one embedding instead
-        await state.engine.embed([list(state.engine.tokenizer("ping")["input_ids"]) or [0]])  # type: ignore[attr-defined]
+        await state.engine.embed([list(state.engine.tokenizer("ping")["input_ids"]) or [0]])
         return
     prompt = list(state.engine.tokenizer("ping", add_special_tokens=True)["input_ids"]) or [0]
     stream = state.engine.generate(new_request_id("health"), prompt, SamplingParams(max_tokens=1, temperature=0.0))
