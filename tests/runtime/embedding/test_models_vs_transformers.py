@@ -70,3 +70,16 @@ def test_decoder_last_token_matches_transformers(demo_model, tmp_path: Path, arc
     with torch.no_grad():
         want = torch.stack([reference(input_ids=s.unsqueeze(0)).last_hidden_state[0, -1] for s in seqs])
     torch.testing.assert_close(got, torch.nn.functional.normalize(want, dim=-1), rtol=1e-4, atol=1e-5)
+
+
+def test_a_causal_lm_checkpoint_forced_to_embed_skips_its_lm_head(demo_model) -> None:
+    """`--is-embedding` on a *ForCausalLM checkpoint: the LM head is neither built nor loaded."""
+    directory = demo_model("qwen2")
+    runner, _ = build_runner(EngineConfig(model_path=str(directory), device="cpu"), CPU)
+    assert runner.info.architecture == "Qwen2ForCausalLM" and getattr(runner.model, "lm_head", None) is None
+    reference = AutoModel.from_pretrained(str(directory)).eval()
+    ids = list(range(5, 25))
+    with torch.no_grad():
+        want = reference(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+    got = torch.from_numpy(runner.embed([ids]))[0]
+    torch.testing.assert_close(got, torch.nn.functional.normalize(want, dim=-1), rtol=1e-4, atol=1e-5)
