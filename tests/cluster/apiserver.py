@@ -12,8 +12,9 @@ kmock stores objects and merges patches as plain dicts. This thin layer adds, ex
   Deployments' ``/scale``;
 - immutable fields: a Deployment's ``spec.selector`` and a Service's ``spec.clusterIP`` cannot change
   (422, as the real server answers);
-- garbage collection: after every write, objects whose owners (``ownerReferences``) are all gone are
-  deleted (background propagation), repeatedly, so pods of a deleted Deployment go too;
+- garbage collection: after every write (and every half second, see cluster.py), objects whose owners
+  (``ownerReferences``) are all gone are deleted (background propagation), repeatedly, so pods of a
+  deleted Deployment go too;
 - bounded request history: kmock keeps every request and matches new ones against them, which
   slows a long test to ~100 ms per request; only the last ``KEEP_REQUESTS`` are kept.
 
@@ -302,7 +303,7 @@ class ClusterApi(kmock.KubernetesEmulator):
         if request.action == enums.action.CREATE and request.resource == kmock.resource(
                 "apiextensions.k8s.io/v1/customresourcedefinitions"):
             self.register_crd(request.data)
-        await self._collect_garbage()
+        await self.collect_garbage()
 
     # --- CRDs -------------------------------------------------------------------------------------
 
@@ -365,7 +366,12 @@ class ClusterApi(kmock.KubernetesEmulator):
 
     # --- garbage collection -----------------------------------------------------------------------
 
-    async def _collect_garbage(self) -> None:
+    async def sweep(self) -> None:
+        """A garbage-collector pass between writes (the real collector runs continuously)."""
+        async with self._write_lock:
+            await self.collect_garbage()
+
+    async def collect_garbage(self) -> None:
         """Delete every object whose owners are all gone, until nothing more goes (background cascade)."""
         while True:
             live_uids = {(obj.raw.get("metadata") or {}).get("uid")

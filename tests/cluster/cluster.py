@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "charts" / "fleetserve"
 RELEASE = "fleetserve"
 CHART_NAMESPACE = "fleetserve-system"
+GC_PERIOD_SECONDS = 0.5
 
 # kind -> (API path prefix, plural, namespaced)
 KINDS = {
@@ -87,9 +88,17 @@ class LocalCluster:
         self.http = aiohttp.ClientSession(base_url=self.url)
         self.kubelet = Kubelet(self.api, self.url, self.workdir, **self._kubelet_options)
         await self.kubelet.start()
+        self._gc = asyncio.create_task(self._collect_garbage_periodically())
         return self
 
+    async def _collect_garbage_periodically(self) -> None:
+        """The garbage collector runs continuously in a cluster, not only after writes."""
+        while True:
+            await asyncio.sleep(GC_PERIOD_SECONDS)
+            await self.api.sweep()
+
     async def __aexit__(self, *exc: Any) -> None:
+        self._gc.cancel()
         if self.kubelet is not None:
             await self.kubelet.stop()
         if self.http is not None:
