@@ -75,6 +75,17 @@ async def test_chart_example_serves_the_openai_client_and_delete_removes_everyth
     models = await client.models.list()
     assert [m.id for m in models.data] == ["demo"]
 
+    # a spec that turns invalid keeps the serving pods, and says so
+    await cluster.request("PATCH", f"/apis/{ISVC.rsplit('/', 1)[0]}/namespaces/{NAMESPACE}/inferenceservices/{name}",
+                          {"spec": {"model": {"source": "demo://gpt-huge"}}}, "application/merge-patch+json")
+    await eventually(lambda: condition(cluster.api.live(ISVC, NAMESPACE, name), "Degraded").get("reason")
+                     == "InvalidSpec", CLEANUP_SECONDS, "Degraded=InvalidSpec")
+    live = cluster.api.live(ISVC, NAMESPACE, name)
+    assert condition(live, "Ready")["reason"] == "ServingLastValidSpec" and "demo://gpt-huge" in condition(
+        live, "Degraded")["message"]
+    again = await client.completions.create(model="demo", prompt="Still there?", max_tokens=4)
+    assert again.usage.completion_tokens > 0
+
     uid = cluster.api.live(ISVC, NAMESPACE, name)["metadata"]["uid"]
     made = {(o["kind"], o["metadata"]["name"]) for o in cluster.owned_by(uid)}
     assert {("Deployment", f"{name}-runtime"), ("Deployment", f"{name}-router"), ("Service", name),
