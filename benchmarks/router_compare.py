@@ -193,8 +193,12 @@ def start_fleet(args: argparse.Namespace, logs: Path) -> Fleet:
                         "--skip-server-warmup"]
         processes.append(_spawn(command, logs / f"worker-{i}.log"))
         urls.append(f"http://127.0.0.1:{port}")
-    for url in urls:
-        _wait_http(f"{url}/health", processes)
+    try:
+        for url in urls:
+            _wait_http(f"{url}/health", processes)
+    except BaseException:  # a worker that failed, or SIGTERM while starting: leave none behind
+        _stop(processes)
+        raise
     return Fleet(urls, processes)
 
 
@@ -392,9 +396,9 @@ def main() -> int:
     workloads = build_workloads(args, tokenizer)
     logs = args.out.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop every child
     fleet = start_fleet(args, logs)
     rows: list[dict] = []
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop every child
     try:
         for workload in workloads:
             rate = modelled_rate(args, workload, tokenizer) if args.mode == "sim" else args.rate
