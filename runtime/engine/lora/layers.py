@@ -10,17 +10,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fleetserve.runtime.engine.lora.ops import LoRABatch, add_lora
+from fleetserve.runtime.engine.lora.ops import LoRABatch, add_lora, add_lora_packed
 from fleetserve.runtime.engine.lora.weights import GroupSlots, SlotWeights
 
 
 class StepState:
     """The LoRA layout of the step being run, shared by every wrapped projection."""
 
-    __slots__ = ("batch",)
+    __slots__ = ("batch", "scales")
 
     def __init__(self) -> None:
         self.batch: LoRABatch | None = None
+        # packed form (CPU): per projection path, the [tokens, packed rows] scales; a path missing from it
+        # has no slot targeting it. None: the segment form.
+        self.scales: dict[str, torch.Tensor] | None = None
 
 
 class LoRALinear(nn.Module):
@@ -38,6 +41,11 @@ class LoRALinear(nn.Module):
         if batch is None:
             return y
         g = self.group
+        if self.step.scales is not None:
+            scales = self.step.scales.get(g.spec.path)
+            if scales is None:
+                return y
+            return add_lora_packed(y, x, g.a_packed[self.layer], g.bt_packed[self.layer], scales)
         return add_lora(y, x, g.a[self.layer], g.bt[self.layer], g.widths, self.weights.scalings, batch)
 
 

@@ -25,7 +25,7 @@ from fleetserve.runtime.engine.lora.adapter import (
     read_adapter,
 )
 from fleetserve.runtime.engine.lora.layers import StepState, wrap_projections
-from fleetserve.runtime.engine.lora.ops import build_lora_batch
+from fleetserve.runtime.engine.lora.ops import build_lora_batch, packed_scales, segment_runs
 from fleetserve.runtime.engine.lora.registry import AdapterRegistry
 from fleetserve.runtime.engine.lora.slots import SlotTable
 from fleetserve.runtime.engine.lora.weights import GroupSpec, SlotWeights
@@ -57,8 +57,11 @@ class LoRASettings:
 
 
 class LoRAManager:
-    def __init__(self, model: nn.Module, cfg: ModelConfig, settings: LoRASettings, device: torch.device):
+    def __init__(self, model: nn.Module, cfg: ModelConfig, settings: LoRASettings, device: torch.device,
+                 packed: bool | None = None):
+        """`packed`: use the packed form of the op (ops.py); default on CPU."""
         self.settings = settings
+        self.packed = device.type == "cpu" if packed is None else packed
         self.limits = LoRALimits(settings.max_lora_rank, settings.target_modules)
         self.num_layers = cfg.num_layers
         self.shapes = lora_target_shapes(cfg)
@@ -91,11 +94,12 @@ class LoRAManager:
         adapter.pinned = pinned
         old = self.registry.add(adapter)
         if old is not None:
-            self.slots.discard(old.key)  # requests still running on it put it back in a slot when they run
+            self._free_slot(old)  # requests still running on it put it back in a slot when they run
         if pinned:
             placed = self.slots.pin(adapter.key)
             if placed is not None:
                 self.weights.write(placed.slot, adapter)
+                self._repack()
         logger.info("LoRA adapter %s loaded from %s (rank %d, scaling %g, targets %s%s)", name, files.path,
                     adapter.rank, adapter.scaling, ",".join(sorted(adapter.target_modules)),
                     ", pinned" if pinned else "")
@@ -103,7 +107,7 @@ class LoRAManager:
 
     def remove(self, name: str) -> LoRAAdapter:
         adapter = self.registry.remove(name)
-        self.slots.discard(adapter.key)
+        self._free_slot(adapter)
         logger.info("LoRA adapter %s unloaded", name)
         return adapter
 
@@ -126,8 +130,29 @@ class LoRAManager:
         if not by_key:
             self.step.batch = None
             return
-        for placed in self.slots.assign(by_key):
+        placements = self.slots.assign(by_key)
+        for placed in placements:
             self.weights.write(placed.slot, by_key[placed.key])
+        if placements:
+            self._repack()
         slot_of = self.slots.slot_of
         segments = [(n, None if a is None else slot_of[a.key]) for n, a in adapters]
         self.step.batch = build_lora_batch(segments, self.device)
+        if self.packed:
+            runs, num_tokens = segment_runs(segments), sum(n for n, _ in segments)
+            self.step.scales = {
+                path: packed_scales(runs, num_tokens, g.columns, self.weights.scalings, g.packed_width, self.dtype,
+                                    self.device)
+                for path, g in self.weights.groups.items() if g.packed_width
+            }
+
+    def _free_slot(self, adapter: LoRAAdapter) -> None:
+        slot = self.slots.discard(adapter.key)
+        if slot is not None:
+            self.weights.clear(slot)
+            self._repack()
+
+    def _repack(self) -> None:
+        if self.packed:
+            for group in self.weights.groups.values():
+                group.repack()

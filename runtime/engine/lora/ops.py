@@ -6,6 +6,12 @@ slot. `LoRABatch` carries the segments in the layout SGMV/Punica kernels take (`
 reference below groups the segments by slot and does, per slot, one shrink ([n, in] x [in, w]) and one
 expand ([n, w] x [w, out]) matmul added into the base output: at most `max_loras_per_batch` pairs per
 projection whatever the batch size.
+
+On CPU a second form does the same in three ops per projection whatever the number of adapters
+(`add_lora_packed`): the used rows of every slot's A and B are kept packed side by side, every token is
+shrunk against all of them, a [tokens, packed rows] matrix holding each token's scaling on its own
+slot's rows and zeros elsewhere keeps only its adapter's part, and one expand adds it. On a small
+decode batch the op count, not the arithmetic, is the cost (3 ops against 2 per slot and projection).
 """
 
 from __future__ import annotations
@@ -60,6 +66,23 @@ def segment_runs(segments: list[tuple[int, int | None]]) -> list[tuple[int, int,
         else:
             runs.append((start, offset, slot))
     return runs
+
+
+def packed_scales(runs: list[tuple[int, int, int]], num_tokens: int, columns: list[tuple[int, int]],
+                  scalings: list[float], width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[tokens, width]: each token's scaling on the packed rows of its slot, zero elsewhere (and for base tokens)."""
+    scales = torch.zeros(num_tokens, width, dtype=dtype, device=device)
+    for start, end, slot in runs:
+        first, last = columns[slot]
+        if last > first:
+            scales[start:end, first:last] = scalings[slot]
+    return scales
+
+
+def add_lora_packed(y: torch.Tensor, x: torch.Tensor, a_packed: torch.Tensor, bt_packed: torch.Tensor,
+                    scales: torch.Tensor) -> torch.Tensor:
+    """y += ((x A_packed^T) * scales) B_packed^T, in place: the packed form of `add_lora`."""
+    return y.addmm_((x @ a_packed.t()).mul_(scales), bt_packed)
 
 
 def add_lora(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, widths: list[int],

@@ -48,13 +48,14 @@ class SlotTable:
         self.pinned.add(key)
         return placed[0] if placed else None
 
-    def discard(self, key: Hashable) -> None:
-        """Frees the key's slot (an unloaded adapter); a later assign() can place it again."""
+    def discard(self, key: Hashable) -> int | None:
+        """Frees the key's slot (an unloaded adapter) and returns it; a later assign() can place it again."""
         self.pinned.discard(key)
         slot = self.slot_of.pop(key, None)
         if slot is not None:
             del self.lru[key]
             self.free.append(slot)
+        return slot
 
     def _evict(self, keep: set[Hashable]) -> int:
         for key in self.lru:

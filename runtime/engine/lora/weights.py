@@ -39,6 +39,23 @@ class GroupSlots:
     a: list[torch.Tensor]  # per layer [slots, n*max_rank, in]
     bt: list[torch.Tensor]  # per layer [slots, n*max_rank, out] (B transposed)
     widths: list[int] = field(default_factory=list)  # per slot
+    # the packed form (CPU): every slot's used rows side by side, and each slot's columns in it
+    a_packed: list[torch.Tensor] = field(default_factory=list)  # per layer [sum of widths, in]
+    bt_packed: list[torch.Tensor] = field(default_factory=list)  # per layer [sum of widths, out]
+    columns: list[tuple[int, int]] = field(default_factory=list)  # per slot: (start, end) in the packed rows
+
+    def repack(self) -> None:
+        used = [s for s, w in enumerate(self.widths) if w]
+        self.a_packed = [torch.cat([a[s, : self.widths[s]] for s in used]) if used else a[:0, 0] for a in self.a]
+        self.bt_packed = [torch.cat([b[s, : self.widths[s]] for s in used]) if used else b[:0, 0] for b in self.bt]
+        self.columns, start = [], 0
+        for width in self.widths:
+            self.columns.append((start, start + width))
+            start += width
+
+    @property
+    def packed_width(self) -> int:
+        return sum(self.widths)
 
 
 class SlotWeights:
@@ -55,6 +72,11 @@ class SlotWeights:
                 [torch.zeros(num_slots, rows, spec.out_features, dtype=dtype, device=device) for _ in range(num_layers)],
                 [0] * num_slots,
             )
+
+    def clear(self, slot: int) -> None:
+        """Marks `slot` empty (its rows are no longer used)."""
+        for group in self.groups.values():
+            group.widths[slot] = 0
 
     def write(self, slot: int, adapter: LoRAAdapter) -> None:
         """Copies the adapter's weights into `slot` of every projection."""

@@ -18,7 +18,13 @@ from fleetserve.runtime.engine.lora.adapter import (
     check_config,
     read_adapter,
 )
-from fleetserve.runtime.engine.lora.ops import add_lora, build_lora_batch, segment_runs
+from fleetserve.runtime.engine.lora.ops import (
+    add_lora,
+    add_lora_packed,
+    build_lora_batch,
+    packed_scales,
+    segment_runs,
+)
 from fleetserve.runtime.engine.types import SamplingParams
 
 from ..engine.helpers import run_to_completion
@@ -122,6 +128,15 @@ def test_batched_op_equals_a_per_token_loop():
     base = torch.randn(tokens, d_out, generator=gen)
     got = add_lora(base.clone(), x, a, bt, widths, scalings,
                    build_lora_batch(segments, torch.device("cpu")))
+    used = [s for s in range(slots) if widths[s]]
+    columns, start = [], 0
+    for w in widths:
+        columns.append((start, start + w))
+        start += w
+    scales = packed_scales(segment_runs(segments), tokens, columns, scalings, start, torch.float32,
+                           torch.device("cpu"))
+    packed = add_lora_packed(base.clone(), x, torch.cat([a[s, : widths[s]] for s in used]),
+                             torch.cat([bt[s, : widths[s]] for s in used]), scales)
     want, t = base.clone(), 0
     for n, slot in segments:
         for _ in range(n):
@@ -130,6 +145,7 @@ def test_batched_op_equals_a_per_token_loop():
                 want[t] += scalings[slot] * (x[t] @ a[slot, :w].T) @ bt[slot, :w]
             t += 1
     torch.testing.assert_close(got, want)
+    torch.testing.assert_close(packed, want)
 
 
 def test_prefix_cache_is_per_adapter_and_per_load(demo_model, lora_adapters):

@@ -3,7 +3,8 @@
 Per architecture (llama, qwen2, qwen3 demo models, float32): the base model and four PEFT adapters of
 ranks 2-16 with different targets (fused q/k/v and gate/up slices alone and together, rsLoRA on one),
 random non-zero B, all submitted at once; two device slots for four adapters (LRU swaps), a 24-token
-step budget (chunked prefill) and a KV pool too small for the batch (preemption by recompute).
+step budget (chunked prefill) and a KV pool too small for the batch (preemption by recompute). Both
+forms of the op: packed (the CPU default) on every arch, per-slot segments on llama.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_mixed_adapter_batch_equals_peft(arch, demo_model, lora_adapters):
+@pytest.mark.parametrize(("arch", "packed"), [(arch, True) for arch in ARCHS] + [("llama", False)])
+def test_mixed_adapter_batch_equals_peft(arch, packed, demo_model, lora_adapters):
     base, adapters = demo_model(arch), lora_adapters(arch)
     engine = LLMEngine.from_config(EngineConfig(
         model_path=str(base), dtype="float32", device="cpu", page_size=4, max_num_batched_tokens=24,
         num_pages=40, enable_lora=True, max_loras_per_batch=2, max_lora_rank=16,
     ))
+    assert engine.lora is not None and engine.lora.packed
+    engine.lora.packed = packed
     for name, path in adapters.items():
         engine.load_lora(name, str(path))
     names = [None, *adapters]
