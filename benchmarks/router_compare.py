@@ -207,7 +207,8 @@ def router_command(kind: str, urls: list[str], port: int) -> tuple[list[str], di
         policy = kind.removeprefix("sglang_")
         return ([str(SGLANG_PY), "-m", "sglang_router.launch_router", "--worker-urls", *urls, "--policy", policy,
                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "warn",
-                 "--shutdown-grace-period-secs", "1"], {"HF_HUB_OFFLINE": "1"})
+                 "--shutdown-grace-period-secs", "1", "--prometheus-port", str(port + 1000)],
+                {"HF_HUB_OFFLINE": "1"})
     policy = kind.removeprefix("fleetserve_")
     return ([sys.executable, "-P", "-m", "fleetserve.runtime.cli", "router", "--worker-urls", *urls,
              "--policy", policy, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], {})
