@@ -49,8 +49,8 @@ from fleetserve.runtime.wire import chain_block_hashes
 HERE = Path(__file__).resolve().parent
 SGLANG_PY = HERE / ".venv-sglang-router" / "bin" / "python"
 PAGE = 16
-ROUTER_PORT = 38000
-WORKER_BASE_PORT = 38200
+ROUTER_PORT = 21000  # below the ephemeral range (32768+), where client sockets could hold a port
+WORKER_BASE_PORT = 21500
 START_TIMEOUT_S = 600.0
 
 
@@ -207,7 +207,7 @@ def router_command(kind: str, urls: list[str], port: int) -> tuple[list[str], di
         policy = kind.removeprefix("sglang_")
         return ([str(SGLANG_PY), "-m", "sglang_router.launch_router", "--worker-urls", *urls, "--policy", policy,
                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "warn",
-                 "--shutdown-grace-period-secs", "1", "--prometheus-port", str(port + 1000)],
+                 "--shutdown-grace-period-secs", "1", "--prometheus-port", str(port + 200)],
                 {"HF_HUB_OFFLINE": "1"})
     policy = kind.removeprefix("fleetserve_")
     return ([sys.executable, "-P", "-m", "fleetserve.runtime.cli", "router", "--worker-urls", *urls,
