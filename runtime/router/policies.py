@@ -63,7 +63,7 @@ class CacheAwareConfig:
     cache_threshold: float = 0.0  # a match covering less of the prompt than this counts as no match
     balance_abs_threshold: int = 64
     balance_rel_threshold: float = 1.5
-    request_cost_tokens: float = 256.0  # what one running or queued request costs, in prefill tokens
+    request_cost_tokens: float = 64.0  # what one running or queued request costs, in prefill tokens
 
 
 def estimated_cost(key: RequestKey, c: Candidate, cfg: CacheAwareConfig) -> float:
