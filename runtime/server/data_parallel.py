@@ -95,7 +95,7 @@ def run_data_parallel(args: argparse.Namespace, argv: list[str]) -> int:
             ended = [c for c in children if c.poll() is not None]
             if ended:
                 status = ended[0].returncode
-                logger.error("child %s exited with status %s; stopping the others", ended[0].args[4:6], status)
+                logger.error("child %s exited with status %s; stopping the others", ended[0].pid, status)
                 break
             time.sleep(POLL_S)
     finally:

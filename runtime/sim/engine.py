@@ -61,4 +61,4 @@ def build_simulated_engine(config: EngineConfig) -> LLMEngine:
                    "(%.1f GiB modelled), steps sleep the modelled time x %g", profile.name, profile.model.name,
                    profile.gpu.name, num_pages, config.page_size,
                    num_pages * config.page_size * profile.model.kv_bytes_per_token / GIB, config.simulate_time_scale)
-    return LLMEngine(model_config, config, tokenizer, runner, pool)  # type: ignore[arg-type]
+    return LLMEngine(model_config, config, tokenizer, runner, pool)
