@@ -31,10 +31,10 @@ def resolve_target(state: ServerState, model: str | None, lora_path: str | None 
     if model is None or model in names or model == DEFAULT_MODEL_ALIAS:
         if not lora_path:
             return ModelTarget(state.settings.model_name, None)
-        return ModelTarget(state.settings.model_name, _adapter(state, lora_path, "lora_path"))
+        return ModelTarget(state.settings.model_name, _adapter(state, lora_path))
     base, sep, suffix = model.rpartition(":")
     if sep and suffix and (base in names or base == DEFAULT_MODEL_ALIAS):
-        return ModelTarget(model, _adapter(state, suffix, "model"))  # `base:adapter` wins over lora_path
+        return ModelTarget(model, _adapter(state, suffix))  # `base:adapter` wins over lora_path
     if _loaded(state) and state.engine.find_adapter(model) == model:
         return ModelTarget(model, model)
     raise not_found(f"the model '{model}' does not exist; served: {', '.join(names)}", "model")
@@ -50,11 +50,11 @@ def _loaded(state: ServerState) -> dict[str, str]:
     return lora_adapters() if lora_adapters is not None else {}
 
 
-def _adapter(state: ServerState, ref: str, param: str) -> str:
+def _adapter(state: ServerState, ref: str) -> str:
     name = state.engine.find_adapter(ref) if _loaded(state) else None
     if name is None:
         loaded = ", ".join(_loaded(state)) or "none"
-        raise not_found(f"the LoRA adapter '{ref}' is not loaded (loaded: {loaded})", param)
+        raise not_found(f"the LoRA adapter '{ref}' does not exist: it is not loaded (loaded: {loaded})", "model")
     return name
 
 
