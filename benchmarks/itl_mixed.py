@@ -7,7 +7,9 @@
 prompt arrives. The script steps the engine until that request has its first token and a few steps
 more, and records when each decoding request received each token. It prints the decodes' inter-token
 latency (p50, p99, max) over that window, the long request's time to first token and the number of
-steps its prefill took. Engine only (no HTTP): the demo model on CPU, warmed up first.
+steps its prefill took, and the most tokens one of those steps carried (the step's size is what the
+decodes in it wait for; unlike the times, it does not depend on what else runs on the machine).
+Engine only (no HTTP): the demo model on CPU, warmed up first.
 
 To compare with an older commit, run the same script against that tree, e.g.
 ``git worktree add /tmp/old <commit>`` and ``PYTHONPATH=<dir holding fleetserve/runtime -> /tmp/old/runtime>``
@@ -58,6 +60,14 @@ def run(args: argparse.Namespace) -> dict:
     for _ in range(3):  # prompts computed, every decode running
         engine.step()
     token_times: dict[str, list[float]] = {f"d{i}": [] for i in range(args.num_decodes)}
+    step_tokens: list[int] = []
+    execute = engine.runner.execute
+
+    def counting_execute(batch):
+        step_tokens.append(sum(item.num_new_tokens for item in batch))
+        return execute(batch)
+
+    engine.runner.execute = counting_execute
     long_prompt = [(13 * j + 5) % (vocab - 1) + 1 for j in range(args.prefill_tokens)]
     arrival = time.perf_counter()
     engine.add_request("long", long_prompt, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
@@ -78,6 +88,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "steps": steps,
+        "max_step_tokens": max(step_tokens),
         "long_ttft_ms": round((first_token - arrival) * 1000, 1),
         "decode_tokens": sum(len(t) for t in token_times.values()),
         "itl_p50_ms": round(statistics.median(gaps) * 1000, 1),
