@@ -7,7 +7,6 @@ so `fleetserve operator` and `fleetserve router` never import torch.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 
 # subcommand -> (module with a `main(argv: list[str]) -> int | None`, one-line help)
@@ -36,11 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"fleetserve: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module_name = COMMANDS[name][0]
-    if importlib.util.find_spec(module_name) is None:
-        print(f"fleetserve {name}: not implemented yet in this version", file=sys.stderr)
-        return 2
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 
 
