@@ -4,8 +4,8 @@ Decodes go first: every running sequence that needs one token gets it, every ste
 The budget is never smaller than the running cap (the cap is lowered to the budget), so no decode is
 left out however many run. Then the running prefills take their next chunks, then waiting sequences
 are admitted in arrival order, from what the budget leaves; in a step that decodes, prefill tokens are
-also capped at `max_prefill_tokens_with_decodes`, which bounds the step's time and so the decodes'
-inter-token latency beside a long prompt. A waiting sequence's prefix-cache hit counts as computed
+also capped at `max_prefill_tokens_with_decodes` when it is set, which bounds the step's tokens (the
+decodes' wait beside a long prompt, at that prompt's time to first token; docs/benchmarks.md). A waiting sequence's prefix-cache hit counts as computed
 tokens. When pages run out, the most recently admitted running sequence not yet scheduled in this
 step is preempted: its pages are released (its full pages stay in the prefix cache) and it is
 recomputed later.
