@@ -1,7 +1,8 @@
 """`FakeEngine`: a TEST DOUBLE of `AsyncEngine` for the server's HTTP edge cases only.
 
 It implements the engine interface the server uses (check_request, generate, abort, stats,
-flush_cache, tokenizer, model_config) over a tiny byte-level tokenizer, and replies with a scripted
+flush_cache, tokenizer, model_config, health, the LoRA calls of a server without --enable-lora,
+cache_state) over a tiny byte-level tokenizer, and replies with a scripted
 text token by token. It runs no model: the real engine is exercised by tests/e2e/.
 """
 
@@ -15,6 +16,8 @@ from types import SimpleNamespace
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from fleetserve.runtime.engine.cache_events import CacheEventLog, CacheState
+from fleetserve.runtime.engine.lora.adapter import AdapterError
 from fleetserve.runtime.engine.types import (
     CompletionOutput,
     EngineError,
@@ -63,6 +66,7 @@ class FakeEngine:
     active: set[str] = field(default_factory=set)
     started: bool = False
     health_status: EngineHealth = field(default_factory=lambda: EngineHealth(True, True, None))
+    cache_events: CacheEventLog = field(default_factory=CacheEventLog)
 
     def __post_init__(self) -> None:
         self.eos_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -146,3 +150,23 @@ class FakeEngine:
 
     def health(self) -> EngineHealth:
         return self.health_status
+
+    # LoRA and the prefix-cache feed, as a real engine started without --enable-lora answers them.
+
+    async def load_lora_adapter(self, name: str, path: str, pinned: bool = False) -> None:
+        raise AdapterError("LoRA is not enabled on this server (start it with --enable-lora)")
+
+    async def unload_lora_adapter(self, name: str) -> None:
+        raise AdapterError("LoRA is not enabled on this server (start it with --enable-lora)")
+
+    def loaded_adapters(self) -> list[str]:
+        return []
+
+    def lora_adapters(self) -> dict[str, str]:
+        return {}
+
+    def find_adapter(self, ref: str) -> str | None:
+        return None
+
+    def cache_state(self, epoch: str | None, after: int | None) -> CacheState:
+        return self.cache_events.read(epoch, after)
