@@ -37,6 +37,7 @@ class EndpointConfig:
     ignore_eos: bool = False
     temperature: float = 0.0
     extra_body: dict = field(default_factory=dict)
+    lora_as_model: bool = False  # name an adapter as `model: adapter` (vLLM's form), not `base:adapter`
 
 
 @dataclass(slots=True)
@@ -55,7 +56,10 @@ class RequestResult:
 
 
 def build_payload(config: EndpointConfig, request: BenchRequest) -> dict:
-    model = config.model if request.adapter is None else f"{config.model}:{request.adapter}"
+    if request.adapter is None:
+        model = config.model
+    else:
+        model = request.adapter if config.lora_as_model else f"{config.model}:{request.adapter}"
     payload: dict = {
         "model": model,
         "max_tokens": request.output_len,

@@ -67,6 +67,11 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--lora-names", help="comma-separated adapters; requests spread evenly, sent as model base:adapter"
     )
+    group.add_argument(
+        "--lora-as-model",
+        action="store_true",
+        help="send an adapter as model: ADAPTER (vLLM's form, which fleetserve also takes), not base:adapter",
+    )
     group.add_argument("--seed", type=int, default=0)
 
 
@@ -223,7 +228,14 @@ def main(argv: list[str]) -> int:
         print(f"fleetserve bench: cannot build the workload with this tokenizer: {exc}", file=sys.stderr)
         return 2
     config = EndpointConfig(
-        base_url, args.endpoint, model, args.api_key, args.ignore_eos, args.temperature, args.extra_body
+        base_url,
+        args.endpoint,
+        model,
+        args.api_key,
+        args.ignore_eos,
+        args.temperature,
+        args.extra_body,
+        args.lora_as_model,
     )
     shape = LoadShape(args.request_rate, args.max_concurrency, args.request_timeout, not args.no_progress)
     warmup_errors = asyncio.run(run_warmup(config, build_warmup(args, tokenizer, workload), shape))

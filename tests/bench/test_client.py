@@ -99,6 +99,12 @@ def test_payload_for_completions_with_adapter_and_ignore_eos():
     assert payload["top_k"] == 1
 
 
+def test_payload_names_the_adapter_as_the_model_in_vllms_form():
+    config = EndpointConfig("http://h", "/v1/completions", "base", lora_as_model=True)
+    assert build_payload(config, BenchRequest("hello", 1, 9, adapter="sql"))["model"] == "sql"
+    assert build_payload(config, BenchRequest("hello", 1, 9))["model"] == "base"
+
+
 def test_payload_for_chat_without_ignore_eos():
     payload = build_payload(
         EndpointConfig("http://h", "/v1/chat/completions", "base"), BenchRequest("hi", 1, 3)
