@@ -180,18 +180,23 @@ def build_workload(args: argparse.Namespace, tokenizer: TokenizerLike) -> list[B
 def build_warmup(
     args: argparse.Namespace, tokenizer: TokenizerLike, workload: list[BenchRequest]
 ) -> list[BenchRequest]:
-    """Random prompts as long as the workload's first, short outputs, the workload's adapters; fresh text,
-    so warm-up never fills the prefix cache with the measured prompts."""
+    """Random prompts as long as the workload's first, short outputs; fresh text, so warm-up never fills
+    the prefix cache with the measured prompts. The requests cycle through the workload's adapters in
+    order of first use, so `--warmup-requests` at least their number warms every adapter (a server that
+    loads adapters lazily pays for that before the clock starts)."""
     if args.warmup_requests == 0 or not workload:
         return []
     rng = np.random.default_rng([args.seed, STREAM_WARMUP])
     builder = PromptBuilder(tokenizer, sampleable_token_ids(tokenizer), rng)
+    adapters = list(dict.fromkeys(request.adapter for request in workload))
     warmup = []
     for index in range(args.warmup_requests):
         model = workload[index % len(workload)]
         prompt = builder.build(model.prompt_len)
         output_len = min(model.output_len, WARMUP_MAX_OUTPUT_LEN)
-        warmup.append(BenchRequest(prompt.text, prompt.num_tokens, output_len, model.adapter))
+        warmup.append(
+            BenchRequest(prompt.text, prompt.num_tokens, output_len, adapters[index % len(adapters)])
+        )
     return warmup
 
 

@@ -117,6 +117,33 @@ def test_lora_mix_and_shared_prefix_over_chat(fake_server, tokenizer_dir, tmp_pa
     assert all("messages" in body for body in fake_server.behaviour.received)
 
 
+def test_warmup_touches_every_adapter_and_vllm_form_names_them_as_models(
+    fake_server, tokenizer_dir, tmp_path
+):
+    code, result = run_cli(
+        fake_server,
+        tokenizer_dir,
+        tmp_path,
+        "--model",
+        "base",
+        "--num-prompts",
+        "6",
+        "--random-input-len",
+        "8",
+        "--random-output-len",
+        "2",
+        "--lora-names",
+        "a,b,c",
+        "--lora-as-model",
+        "--warmup-requests",
+        "3",
+    )
+    assert code == 0
+    received = [body["model"] for body in fake_server.behaviour.received]
+    assert sorted(received[:3]) == ["a", "b", "c"]  # the warm-up, one request per adapter
+    assert Counter(received[3:]) == {"a": 2, "b": 2, "c": 2}
+
+
 def test_file_workload_without_usage_counts_with_the_tokenizer(fake_server, tokenizer_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "ka to ri", "output_len": 4}\n"ne sa mu"\n')

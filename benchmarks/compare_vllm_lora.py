@@ -1,0 +1,231 @@
+"""Multi-LoRA serving side by side: fleetserve vs vLLM's CPU build, the same adapters, the same client.
+
+Both servers load the same demo checkpoint and the same 4 PEFT adapters at start (ranks 8/16/16/32 by
+default, random non-zero A and B on all seven projections: the most LoRA work per token), and each is
+driven by `fleetserve bench` twice per seed, alternating:
+
+  base   the random workload (256 in / 64 out by default, `--ignore-eos`) on the base model;
+  mixed  the same prompts spread evenly over the 4 adapters, each request naming its adapter as
+         `model: ADAPTER` (`--lora-as-model`: vLLM's form, which fleetserve takes too).
+
+So every request, prompt and output length is the same on both servers; only the server differs.
+Printed: output tok/s, p50 TTFT and mean TPOT of each (medians over the seeds, every seed's value),
+mixed / base per server (the issue's target: >= 0.70) and fleetserve / vLLM per workload (target:
+>= 1.0 on the mixed batch).
+
+    bash benchmarks/setup_vllm.sh
+    python -P benchmarks/compare_vllm_lora.py [--size large] [--dtype float32] [--repeats 3]
+
+Servers listen on 127.0.0.1 only; every run is bounded (prompt counts, request and start-up
+timeouts). Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))
+
+from compare_vllm import (  # noqa: E402  (benchmarks/ is not a package)
+    SERVED_NAME,
+    Server,
+    Settings,
+    fmt,
+    ratio,
+    run_fleetserve_bench,
+    start_server,
+    stop_server,
+    write_checkpoint,
+)
+
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+WORKLOADS = ("base", "mixed")
+FIGURES = (
+    ("output tok/s", "output_throughput", True),
+    ("p50 TTFT (ms)", "median_ttft_ms", False),
+    ("mean TPOT (ms)", "mean_tpot_ms", False),
+)
+
+
+def make_adapters(checkpoint: Path, out: Path, ranks: list[int]) -> dict[str, Path]:
+    """PEFT adapters for `checkpoint` (made with PEFT itself; written once, reused by later runs)."""
+    from tests.runtime.lora.adapters import AdapterSpec, make_adapter
+
+    adapters = {}
+    for index, rank in enumerate(ranks):
+        spec = AdapterSpec(f"lora{index}-r{rank}", rank, 2 * rank, ALL_TARGETS, seed=index)
+        path = out / spec.name
+        if not (path / "adapter_config.json").exists():
+            make_adapter(checkpoint, path, spec, scale=0.1)
+        adapters[spec.name] = path
+    return adapters
+
+
+def server_for(
+    name: str, checkpoint: Path, adapters: dict[str, Path], args: argparse.Namespace, settings: Settings
+) -> Server:
+    common = ["--host", "127.0.0.1", "--port", str(settings.port), "--served-model-name", SERVED_NAME]
+    max_rank = str(max(int(n.rsplit("-r", 1)[1]) for n in adapters))
+    modules = [f"{n}={p}" for n, p in adapters.items()]
+    if name == "vllm":
+        command = [str(settings.vllm_bin), "serve", str(checkpoint), *common, "--dtype", args.dtype]
+        command += ["--enforce-eager", "--max-model-len", "2048", "--disable-log-stats"]
+        command += ["--enable-lora", "--max-loras", str(len(adapters)), "--max-lora-rank", max_rank]
+        command += ["--lora-modules", *modules]
+        return Server(name, command, {"VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib)})
+    command = [sys.executable, "-P", "-m", "fleetserve.runtime.cli", "serve", "--model-path", str(checkpoint)]
+    command += [*common, "--dtype", args.dtype, "--kv-cache-memory-gb", str(settings.kv_cache_gib)]
+    command += ["--enable-lora", "--max-loras-per-batch", str(len(adapters)), "--max-lora-rank", max_rank]
+    command += ["--lora-paths", *modules]
+    return Server(name, command, {})
+
+
+def bench_args(workload: str, adapters: dict[str, Path], args: argparse.Namespace, seed: int) -> list[str]:
+    """The same prompts for both workloads of a seed (same seed, same lengths); mixed adds the adapters."""
+    common = ["--dataset", "random", "--random-input-len", str(args.prompt_len)]
+    common += ["--random-output-len", str(args.output_len), "--num-prompts", str(args.num_prompts)]
+    common += ["--max-concurrency", str(args.concurrency), "--ignore-eos", "--seed", str(seed)]
+    common += ["--warmup-requests", str(len(adapters))]  # one per adapter: vLLM loads them on first use
+    if workload == "mixed":
+        common += ["--lora-names", ",".join(adapters), "--lora-as-model"]
+    return common
+
+
+def measure(
+    name: str, checkpoint: Path, adapters: dict[str, Path], args: argparse.Namespace, settings: Settings
+) -> dict[str, list[dict]]:
+    """Serve with `name`, run base and mixed alternately for each seed, stop the server."""
+    runs: dict[str, list[dict]] = {w: [] for w in WORKLOADS}
+    try:
+        process = start_server(
+            server_for(name, checkpoint, adapters, args, settings),
+            settings.work_dir / f"lora-{args.size}-{name}.log",
+            settings,
+        )
+    except RuntimeError as error:
+        print(f"!! {error}", file=sys.stderr)
+        return runs
+    try:
+        for seed in range(args.repeats):
+            for workload in WORKLOADS:
+                print(f"== {name} / {workload} / seed {seed}", flush=True)
+                output = settings.work_dir / f"lora-{args.size}-{name}-{workload}-seed{seed}.json"
+                output.unlink(missing_ok=True)
+                runs[workload].append(
+                    run_fleetserve_bench(
+                        bench_args(workload, adapters, args, seed), checkpoint, output, settings
+                    )
+                )
+    finally:
+        stop_server(process)
+    return runs
+
+
+def median(runs: list[dict], key: str) -> float | None:
+    values = [run[key] for run in runs if isinstance(run.get(key), (int, float))]
+    return statistics.median(values) if values else None
+
+
+def report(measured: dict[str, dict[str, list[dict]]], args: argparse.Namespace) -> str:
+    servers = list(measured)
+    lines = [
+        f"### {args.size} model ({args.dtype}), {args.num_prompts} × ({args.prompt_len} in + "
+        f"{args.output_len} out), concurrency {args.concurrency}, {args.repeats} seeds",
+        "",
+    ]
+    lines += [
+        "| server | workload | " + " | ".join(label for label, _, _ in FIGURES) + " | failed |",
+        "|---|---|" + "---:|" * (len(FIGURES) + 1),
+    ]
+    for server in servers:
+        for workload in WORKLOADS:
+            runs = measured[server][workload]
+            cells = []
+            for _, key, _ in FIGURES:
+                each = ", ".join(fmt(run.get(key)) for run in runs)
+                cells.append(f"{fmt(median(runs, key))} ({each})")
+            failed = sum(int(run.get("failed", 0)) for run in runs)
+            lines.append(f"| {server} | {workload} | " + " | ".join(cells) + f" | {failed} |")
+    lines += ["", "Medians, then each seed's value. Ratios of the medians:", ""]
+    for server in servers:
+        base = median(measured[server]["base"], "output_throughput")
+        mixed = median(measured[server]["mixed"], "output_throughput")
+        per_seed = ", ".join(
+            ratio(m.get("output_throughput"), b.get("output_throughput"))
+            for m, b in zip(measured[server]["mixed"], measured[server]["base"], strict=False)
+        )
+        lines.append(f"- {server}: mixed / base output tok/s = {ratio(mixed, base)} (per seed: {per_seed})")
+    if {"fleetserve", "vllm"} <= set(servers):
+        for workload in WORKLOADS:
+            fleet, vllm = measured["fleetserve"][workload], measured["vllm"][workload]
+            parts = [f"{label} {ratio(median(fleet, key), median(vllm, key))}" for label, key, _ in FIGURES]
+            lines.append(f"- {workload}: fleetserve / vLLM: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Settings]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work-dir", type=Path, default=HERE / "results")
+    p.add_argument("--vllm-venv", type=Path, default=HERE / ".venv-vllm")
+    p.add_argument("--servers", default="vllm,fleetserve", help="which servers to run, in order")
+    p.add_argument("--size", default="large", help="demo-model size (llama)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="both servers' dtype (float32: CPUs without AVX-512 BF16 only emulate bfloat16)",
+    )
+    p.add_argument("--ranks", default="8,16,16,32")
+    p.add_argument("--num-prompts", type=int, default=32)
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3, help="seeds 0..n-1, each base then mixed")
+    p.add_argument("--kv-cache-gib", type=int, default=2)
+    p.add_argument("--port", type=int, default=30998)
+    p.add_argument("--startup-timeout", type=float, default=600.0)
+    p.add_argument("--request-timeout", type=float, default=600.0)
+    args = p.parse_args(argv)
+    args.repeats = max(1, args.repeats)
+    settings = Settings(
+        work_dir=args.work_dir.resolve(),
+        vllm_bin=args.vllm_venv.resolve() / "bin" / "vllm",
+        sizes=[args.size],
+        num_prompts=args.num_prompts,
+        concurrency=args.concurrency,
+        kv_cache_gib=args.kv_cache_gib,
+        port=args.port,
+        startup_timeout_s=args.startup_timeout,
+        request_timeout_s=args.request_timeout,
+        cross_check=False,
+        servers=args.servers.split(","),
+        repeats=args.repeats,
+    )
+    return args, settings
+
+
+def main(argv: list[str]) -> int:
+    args, settings = parse_args(argv)
+    if "vllm" in settings.servers and not settings.vllm_bin.exists():
+        print(f"no vLLM at {settings.vllm_bin}: run benchmarks/setup_vllm.sh first", file=sys.stderr)
+        return 2
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = write_checkpoint(args.size, settings)
+    adapters = make_adapters(
+        checkpoint, settings.work_dir / f"adapters-{args.size}", [int(r) for r in args.ranks.split(",")]
+    )
+    measured = {name: measure(name, checkpoint, adapters, args, settings) for name in settings.servers}
+    text = report(measured, args)
+    print(text)
+    (settings.work_dir / f"lora-{args.size}.md").write_text(text + "\n")
+    (settings.work_dir / f"lora-{args.size}.json").write_text(json.dumps(measured, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
