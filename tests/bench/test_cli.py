@@ -120,7 +120,7 @@ def test_lora_mix_and_shared_prefix_over_chat(fake_server, tokenizer_dir, tmp_pa
 def test_warmup_touches_every_adapter_and_vllm_form_names_them_as_models(
     fake_server, tokenizer_dir, tmp_path
 ):
-    code, result = run_cli(
+    code, _ = run_cli(
         fake_server,
         tokenizer_dir,
         tmp_path,
