@@ -43,11 +43,10 @@ async def test_sse_chunks_arrive_as_the_worker_sends_them(fake_workers, start_ro
     [worker] = await fake_workers(1, chunk_delay=0.15)
     router = await start_router([worker.url])
     await router.wait_ready(1)
-    loop = asyncio.get_running_loop()
     async with http.post(router.url + "/v1/chat/completions", json=chat("x", stream=True)) as resp:
-        start = loop.time()
         first = await resp.content.readline()
-        assert first.startswith(b"data: ") and loop.time() - start < 0.5  # not buffered until the end (0.9 s)
+        assert first.startswith(b"data: ")
+        assert not worker.sent[-1].endswith(b"data: [DONE]\n\n")  # not buffered until the worker's end
         rest = await resp.read()
     assert rest.endswith(b"data: [DONE]\n\n")
 
