@@ -40,6 +40,7 @@ STATUS_NOTES = """
 | `Ready` | True when at least one runtime replica and one router replica pass their readiness probes | `Ready`, `ServingLastValidSpec`, `RuntimeNotReady`, `RouterNotReady`, `ScaledToZero`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
 | `Progressing` | True while the runtime Deployment rolls out or scales toward `desiredReplicas` | `RollingOut`, `RolloutComplete`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
 | `Degraded` | True when a pod fails, the rollout cannot finish or the spec cannot be served | `AsExpected`, `ImagePullBackOff`, `ErrImagePull`, `CrashLoopBackOff`, `OOMKilled`, `Unschedulable`, `CreateContainerConfigError`, `ProgressDeadlineExceeded`, `ReplicaFailure`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
+| `ScalingActive` | True while the autoscaler reads the load of the ready runtime pods and scales on it ([autoscaling.md](autoscaling.md)) | `ValidMetrics`, `NoReadyPods`, `NoMetrics`, `AutoscalingDisabled`, `InvalidSpec` |
 
 The conditions are a map keyed by `type` (one condition per type; conditions other control loops
 add are kept). Each carries `observedGeneration` and a `lastTransitionTime` that moves only when its
@@ -49,6 +50,9 @@ router pod by name, whose name the message gives; `RuntimeNotReady`'s message re
 spec still serve. `ChildConflict`: an object with a child's name exists and belongs to something
 else. `ChildRejected`: the API server refused a child the spec produced (its message is copied).
 `Forbidden`: the operator's RBAC lacks a right. The operator retries all three at every resync.
+`ScalingActive` belongs to the autoscaler: `NoReadyPods` (no runtime pod is ready) and `NoMetrics` (no
+ready pod's `/metrics` could be read) keep the replica count as it is; its message gives the last
+sample and recommendation.
 """
 
 

@@ -4,6 +4,8 @@
 - a timer reconciles it every ``resync_seconds`` (drift repair, children deleted by hand);
 - events of its Deployments, Services and Pods (status changes, deletions) reconcile the parent,
   found through a kopf index, so its status follows the pods without waiting for the timer;
+- a daemon per InferenceService runs its autoscaler (autoscaler/loop.py) every
+  ``spec.autoscaling.intervalSeconds``, until the object is deleted or the operator exits;
 - every one of them writes the status through the one ``StatusWriter`` (status/writer.py).
 """
 
@@ -16,6 +18,7 @@ import aiohttp
 import kopf
 
 from fleetserve.operator import names
+from fleetserve.operator.autoscaler.loop import Autoscaler
 from fleetserve.operator.config import OperatorConfig
 from fleetserve.operator.kube import KubeClient, KubeError, Ref
 from fleetserve.operator.reconcile.loop import reconcile, refresh_status
@@ -24,6 +27,7 @@ from fleetserve.operator.status.writer import StatusWriter
 from fleetserve.runtime import wire
 
 RETRY_DELAY_SECONDS = 10
+AUTOSCALER_CANCEL_SECONDS = 5.0  # a stopped autoscaler daemon is cancelled after this (mid-scrape, mid-write)
 RESOURCE = (names.GROUP, names.VERSION, names.PLURAL)
 CHILD_LABELS = {wire.LABEL_SERVICE: kopf.PRESENT}
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
@@ -84,6 +88,25 @@ async def on_child_event(event: kopf.RawEvent, body: kopf.Body, namespace: str |
         logger.warning("Could not reconcile InferenceService %s: %s", parent_name, error)
 
 
+async def autoscale(namespace: str | None, name: str, stopped: kopf.DaemonStopped, logger: kopf.Logger,
+                    memo: Any, **_: Any) -> None:
+    """The autoscaler of one InferenceService: a step per interval until kopf stops the daemon (the
+    object is deleted, the operator exits) or the object is gone. API or network errors skip a round."""
+    assert namespace is not None  # InferenceService is namespaced
+    async with aiohttp.ClientSession() as session:
+        scaler = Autoscaler(memo.client, memo.writer, memo.config, isvc_ref(namespace, name), logger, session)
+        while not stopped:
+            try:
+                delay = await scaler.step()
+            except (KubeError, aiohttp.ClientError, TimeoutError) as error:
+                logger.warning("Autoscaler: Kubernetes API call failed, next try in %ss: %s",
+                               RETRY_DELAY_SECONDS, error)
+                delay = RETRY_DELAY_SECONDS
+            if delay is None:
+                return
+            await stopped.wait(delay)
+
+
 def default_login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
     return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
@@ -113,6 +136,8 @@ def build_registry(config: OperatorConfig, login: LoginFn = default_login) -> ko
         on(*RESOURCE, id=handler_id, backoff=HANDLER_BACKOFF_SECONDS, registry=registry)(on_inference_service)
     kopf.timer(*RESOURCE, id="resync", interval=config.resync_seconds, initial_delay=config.resync_seconds,
                registry=registry)(on_inference_service)
+    kopf.daemon(*RESOURCE, id="autoscaler", cancellation_timeout=AUTOSCALER_CANCEL_SECONDS,
+                registry=registry)(autoscale)
     for group_version, plural in CHILD_RESOURCES:
         kopf.on.event(group_version, plural, id=f"{plural}-changed", labels=CHILD_LABELS,
                       registry=registry)(on_child_event)

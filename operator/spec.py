@@ -203,14 +203,18 @@ class Replicas(Model):
 
 class Autoscaling(Model):
     enabled: bool = Field(default=False, description="Scale runtime replicas between replicas.min and "
-                          "replicas.max on queue depth.")
+                          "replicas.max on the requests running and waiting in the ready pods and held by "
+                          "the routers; replicas.count is ignored while on.")
     target_queue_depth: int = Field(default=4, description="Waiting requests per replica the autoscaler "
-                                    "aims for.", ge=1)
-    scale_up_stabilization_seconds: int = Field(default=0, description="Window over which scale-up "
-                                                "recommendations are smoothed.", ge=0)
-    scale_down_stabilization_seconds: int = Field(default=300, description="Window over which "
-                                                  "scale-down recommendations are smoothed.", ge=0)
-    interval_seconds: int = Field(default=5, description="How often the autoscaler samples queue depth.", ge=1)
+                                    "allows on top of a full batch (--max-running-requests) before it "
+                                    "scales up.", ge=1)
+    scale_up_stabilization_seconds: int = Field(default=0, description="Scale up only to the lowest "
+                                                "recommendation of this many last seconds (0: at once).",
+                                                ge=0)
+    scale_down_stabilization_seconds: int = Field(default=300, description="Scale down only to the highest "
+                                                  "recommendation of this many last seconds.", ge=0)
+    interval_seconds: int = Field(default=5, description="How often the autoscaler reads the pods' and "
+                                  "routers' /metrics.", ge=1)
 
 
 class Adapter(Model):
@@ -248,8 +252,7 @@ class InferenceServiceSpec(Model):
     runtime: Runtime = Field(default_factory=Runtime, description="How runtime pods run.")
     replicas: Replicas = Field(default_factory=Replicas, description="Runtime replica bounds.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Queue-depth autoscaling "
-                                     "settings. Stored for the autoscaler; until it runs, enabled=true keeps "
-                                     "replicas.min.")
+                                     "of the runtime replicas (docs/autoscaling.md).")
     adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters for every replica. "
                                     "Stored for the adapter rollout; today a non-empty list starts the "
                                     "runtime with --enable-lora.")
@@ -264,7 +267,7 @@ class InferenceServiceSpec(Model):
 
 
 class Condition(Model):
-    type: str = Field(description="Condition type: Ready, Progressing or Degraded.")
+    type: str = Field(description="Condition type: Ready, Progressing, Degraded or ScalingActive.")
     status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
     reason: str = Field(description="CamelCase reason for the last transition, for machines.")
     message: str = Field(default="", description="What happened and what to do about it, for humans.")
@@ -277,7 +280,8 @@ class Condition(Model):
 class InferenceServiceStatus(Model):
     """Observed state, written by the operator only."""
 
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing and Degraded, "
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded and "
+                                        "ScalingActive, "
                                         "following Kubernetes condition conventions; one per type.",
                                         json_schema_extra={"x-kubernetes-list-type": "map",
                                                            "x-kubernetes-list-map-keys": ["type"]})
@@ -286,8 +290,12 @@ class InferenceServiceStatus(Model):
     replicas: int = Field(default=0, description="Runtime pods that exist.", ge=0)
     ready_replicas: int = Field(default=0, description="Runtime pods passing their readiness probe.", ge=0)
     updated_replicas: int = Field(default=0, description="Runtime pods running the current spec.", ge=0)
-    desired_replicas: int = Field(default=0, description="Runtime pods the operator asks for.", ge=0)
+    desired_replicas: int = Field(default=0, description="Runtime pods the operator asks for: replicas.count, "
+                                  "or the autoscaler's decision while autoscaling is on.", ge=0)
     router_ready_replicas: int = Field(default=0, description="Router pods passing their readiness probe.",
                                        ge=0)
     selector: str = Field(default="", description="Label selector of the runtime pods (scale subresource).")
     url: str | None = Field(default=None, description="Where clients reach the OpenAI-compatible API.")
+    queue_depth: int | None = Field(default=None, description="Requests waiting in the ready runtime pods "
+                                    "plus those the routers hold, at the autoscaler's last sample "
+                                    "(autoscaling on only).", ge=0)

@@ -22,6 +22,8 @@ METRIC_PREFIX = "fleetserve:"
 METRIC_NUM_REQUESTS_RUNNING = "fleetserve:num_requests_running"
 METRIC_NUM_REQUESTS_WAITING = "fleetserve:num_requests_waiting"
 METRIC_KV_CACHE_USAGE = "fleetserve:kv_cache_usage_perc"
+# --max-running-requests: the batch cap, which the autoscaler takes as one replica's running capacity
+METRIC_MAX_RUNNING_REQUESTS = "fleetserve:max_running_requests"
 # LoRA (docs/metrics.md): requests per adapter (label lora_name), every loaded adapter (value 1), and
 # vLLM's lora_requests_info (labels running_lora_adapters, waiting_lora_adapters, max_lora)
 METRIC_LORA_REQUESTS_RUNNING = "fleetserve:lora_num_requests_running"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 
 class PodLoad(NamedTuple):
@@ -69,7 +69,7 @@ class Recommendation(NamedTuple):
     replicas: int
 
 
-Phase = str  # "scale_up", "scale_down", "steady", "no_data", "held_without_pods"
+Phase = Literal["scale_up", "scale_down", "steady", "no_data", "held_without_pods"]
 
 
 class Decision(NamedTuple):
@@ -110,12 +110,12 @@ def stabilize(
     window: Sequence[Recommendation], now: float, replicas: int, current: int, policy: Policy
 ) -> tuple[int, tuple[Recommendation, ...]]:
     """The HPA's stabilization: the count moves up to the lowest recommendation of the last
-    ``scale_up_window`` seconds and down to the highest of the last ``scale_down_window``."""
-    kept = tuple(r for r in window if now - r.time <= max(policy.scale_up_window, policy.scale_down_window))
-    kept += (Recommendation(now, replicas),)
-    up = min(r.replicas for r in kept if now - r.time <= policy.scale_up_window)
-    down = max(r.replicas for r in kept if now - r.time <= policy.scale_down_window)
-    return min(max(current, up), down), kept
+    ``scale_up_window`` seconds and down to the highest of the last ``scale_down_window`` (this
+    sample's recommendation always counts; a window of 0 holds only it)."""
+    older = tuple(r for r in window if now - r.time < max(policy.scale_up_window, policy.scale_down_window))
+    up = min([replicas] + [r.replicas for r in older if now - r.time < policy.scale_up_window])
+    down = max([replicas] + [r.replicas for r in older if now - r.time < policy.scale_down_window])
+    return min(max(current, up), down), (*older, Recommendation(now, replicas))
 
 
 def decide(
@@ -153,7 +153,7 @@ def decide(
         partial = f"; {sample.num_failed} of {sample.num_ready} ready pods did not answer, so no scale-down"
     recommendation = clamp(raw, policy)
     replicas, kept = stabilize(window, now, recommendation, current, policy)
-    phase = "scale_up" if replicas > current else "scale_down" if replicas < current else "steady"
+    phase: Phase = "scale_up" if replicas > current else "scale_down" if replicas < current else "steady"
     message = (
         f"{load:g} requests ({waiting:g} waiting or held) on {len(sample.pods)} ready pods, capacity "
         f"{per_replica:g} running + {policy.target_queue_depth} waiting per replica: recommend "

@@ -9,9 +9,11 @@ from fleetserve.operator.status.conditions import (
     DEGRADED,
     PROGRESSING,
     READY,
+    SCALING_ACTIVE,
     ConditionState,
     find,
     merge_conditions,
+    set_condition,
 )
 from fleetserve.operator.validation import INVALID_SPEC
 
@@ -164,6 +166,19 @@ def replica_fields(observed: Observed, desired: int) -> dict[str, int]:
         "desiredReplicas": desired,
         "routerReadyReplicas": router.ready,
     }
+
+
+def scaling_condition(is_active: bool, reason: str, message: str) -> ConditionState:
+    """The autoscaler's condition: True while it has load samples and scales on them."""
+    return ConditionState(SCALING_ACTIVE, "True" if is_active else "False", reason, message)
+
+
+def scaling_status(current: Obj, state: ConditionState, generation: int | None, now: str,
+                   queue_depth: int | None) -> dict[str, Any]:
+    """The autoscaler's fields of the status: its condition (in its place among the others) and the
+    queue depth of its last sample (None removes it, e.g. once autoscaling is off)."""
+    return {"conditions": set_condition(current.get("conditions") or [], state, generation, now),
+            "queueDepth": queue_depth}
 
 
 def status_changes(current: Obj, new: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from typing import Any, Literal, NamedTuple
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
-CONDITION_TYPES = (READY, PROGRESSING, DEGRADED)
+SCALING_ACTIVE = "ScalingActive"  # the autoscaler's (autoscaler/loop.py)
+CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, SCALING_ACTIVE)
 
 Status = Literal["True", "False", "Unknown"]
 
@@ -50,6 +51,16 @@ def merge_conditions(
         merged.append(condition)
     replaced = {state.type for state in states}
     return merged + [dict(c) for c in current if c.get("type") not in replaced]
+
+
+def set_condition(
+    current: Sequence[Mapping[str, Any]], state: ConditionState, generation: int | None, now: str
+) -> list[dict[str, Any]]:
+    """``state`` stamped as ``merge_conditions`` does, in the place of the condition of its type (or
+    last): a loop that owns one condition does not reorder the others' conditions."""
+    stamped = merge_conditions(current, [state], generation, now)[0]
+    merged = [stamped if c.get("type") == state.type else dict(c) for c in current]
+    return merged if any(c.get("type") == state.type for c in current) else [*merged, stamped]
 
 
 def find(conditions: Sequence[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:

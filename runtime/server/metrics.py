@@ -19,6 +19,7 @@ from fleetserve.runtime.engine.types import EngineStats, RequestOutput
 from fleetserve.runtime.server.metrics_lora import lora_metrics
 from fleetserve.runtime.wire import (
     METRIC_KV_CACHE_USAGE,
+    METRIC_MAX_RUNNING_REQUESTS,
     METRIC_NUM_REQUESTS_RUNNING,
     METRIC_NUM_REQUESTS_WAITING,
     METRIC_PREFIX,
@@ -37,9 +38,10 @@ LABELS = ("model_name",)
 class EngineStatsCollector(Collector):
     """Turns an `EngineStats` snapshot into gauges and counters at scrape time."""
 
-    def __init__(self, stats: Callable[[], EngineStats], model_name: str):
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str, max_running_requests: int | None = None):
         self.stats = stats
         self.model_name = model_name
+        self.max_running_requests = max_running_requests
 
     def _gauge(self, name: str, doc: str, value: float) -> Metric:
         metric = GaugeMetricFamily(name, doc, labels=LABELS)
@@ -57,6 +59,9 @@ class EngineStatsCollector(Collector):
         yield self._gauge(METRIC_NUM_REQUESTS_WAITING, "Requests waiting to be scheduled.", s.num_waiting)
         yield self._gauge(METRIC_KV_CACHE_USAGE, "Fraction of KV cache pages held by live requests (0-1).",
                           s.kv_cache_usage)
+        if self.max_running_requests is not None:  # the autoscaler's per-replica running capacity
+            yield self._gauge(METRIC_MAX_RUNNING_REQUESTS, "Batch cap: most requests running at once "
+                              "(--max-running-requests).", self.max_running_requests)
         yield self._counter(f"{METRIC_PREFIX}prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
                             s.prefix_cache_queries)
         yield self._counter(f"{METRIC_PREFIX}prefix_cache_hits", "Prompt tokens found in the prefix cache.",
@@ -67,10 +72,10 @@ class EngineStatsCollector(Collector):
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str, stats: Callable[[], EngineStats]):
+    def __init__(self, model_name: str, stats: Callable[[], EngineStats], max_running_requests: int | None = None):
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(EngineStatsCollector(stats, model_name))
+        self.registry.register(EngineStatsCollector(stats, model_name, max_running_requests))
         p, reg = METRIC_PREFIX, self.registry
         self.prompt_tokens = Counter(f"{p}prompt_tokens", "Prompt tokens processed.", LABELS, registry=reg)
         self.generation_tokens = Counter(f"{p}generation_tokens", "Tokens generated.", LABELS, registry=reg)

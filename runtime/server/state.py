@@ -93,7 +93,7 @@ class ServerState:
         return cls(
             engine=engine,
             settings=settings,
-            metrics=ServerMetrics(settings.model_name, engine.stats),
+            metrics=ServerMetrics(settings.model_name, engine.stats, settings.max_running_requests),
             admission=Admission(settings.max_running_requests, settings.max_queued_requests, engine.stats),
             chat=ChatRenderer(engine.tokenizer, settings.chat_template),
             token_strings=TokenStrings(engine.tokenizer),

@@ -108,7 +108,7 @@ def test_a_drain_scales_down_only_after_the_down_window_to_its_highest_recommend
         (5, spread(12, 3), 0, 0),
         (10, spread(3, 3), 0, 0),
         (20, spread(0, 3), 0, 0),
-        (35, spread(0, 3), 0, 0),
+        (34, spread(0, 3), 0, 0),
         (36, spread(0, 3), 0, 0),
     ]
     # from 10 s on the recommendation is 1 (3 requests fit one pod), but 12 requests at 5 s recommended
@@ -121,9 +121,9 @@ def test_the_up_window_scales_up_to_the_lowest_recent_recommendation():
         min=1, max=8, target_queue_depth=T, scale_up_window=10, scale_down_window=30, default_max_running=C
     )
     trace = [(5, [(4, 20)], 0, 0), (10, [(4, 8)], 0, 0), (20, [(4, 20)], 0, 0), (30, [(4, 20)], 0, 0)]
-    # The lowest recommendation of the last 10 s: the seed (1 at 0 s) holds the count at 5 and 10 s,
-    # 12 requests at 10 s recommend 2, so 20 s scales to 2; at 30 s both recent samples say 4.
-    assert replay(trace, policy) == [1, 1, 2, 4]
+    # The lowest recommendation of the last 10 s: the seed (1 at 0 s) holds the count at 5 s; at 10 s
+    # the lowest is 2 (12 requests then); at 20 s only that sample's 4 is recent enough.
+    assert replay(trace, policy) == [1, 2, 4, 4]
 
 
 def test_missing_samples_keep_the_count():
@@ -190,3 +190,11 @@ def test_deletion_costs_put_the_least_loaded_pod_first():
     costs = deletion_costs((PodLoad("busy", 4, 3), PodLoad("idle", 0, 0), PodLoad("some", 2, 0)))
     assert costs == {"busy": 7, "idle": 0, "some": 2}
     assert min(costs, key=costs.__getitem__) == "idle"
+
+
+def test_a_fresh_window_seeded_with_the_count_blocks_scale_down_not_scale_up():
+    # What the loop does on its first sample (operator start, autoscaling turned on): seed at that time.
+    seeded = (Recommendation(100.0, 3),)
+    assert decide(sample(spread(24, 3)), POLICY, 3, seeded, 100.0).replicas == 4
+    assert decide(sample(spread(0, 3)), POLICY, 3, seeded, 100.0).replicas == 3
+    assert decide(sample(spread(0, 3)), POLICY, 3, seeded, 130.0).replicas == 1  # a down window later
