@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,7 +28,8 @@ from fleetserve.operator.status.writer import StatusWriter
 from fleetserve.runtime import wire
 
 RETRY_DELAY_SECONDS = 10
-AUTOSCALER_CANCEL_SECONDS = 5.0  # a stopped autoscaler daemon is cancelled after this (mid-scrape, mid-write)
+# kopf cancels a stopping autoscaler daemon at once (within this many seconds): its rounds are idempotent
+AUTOSCALER_CANCEL_SECONDS = 5.0
 RESOURCE = (names.GROUP, names.VERSION, names.PLURAL)
 CHILD_LABELS = {wire.LABEL_SERVICE: kopf.PRESENT}
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
@@ -104,7 +106,9 @@ async def autoscale(namespace: str | None, name: str, stopped: kopf.DaemonStoppe
                 delay = RETRY_DELAY_SECONDS
             if delay is None:
                 return
-            await stopped.wait(delay)
+            # Not ``stopped.wait(delay)``: kopf cancels a stopping async daemon (cancellation_timeout), and
+            # a cancelled wait would leave kopf's inner timed task to fail the operator's exit.
+            await asyncio.sleep(delay)
 
 
 def default_login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo | None:
