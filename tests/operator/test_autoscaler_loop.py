@@ -199,3 +199,12 @@ async def test_autoscaling_off_says_so_and_leaves_the_count_to_replicas_count(op
     await eventually(lambda: scaling(operator) == ("True", "ValidMetrics"))
     await eventually(lambda: status(operator)["desiredReplicas"] == 3)
     assert runtime_replicas(operator) == 3
+
+
+async def test_an_invalid_spec_stops_scaling_with_a_condition_not_a_crash(operator, metrics_server):
+    _, runtime_port = await metrics_server(runtime_text(running=4, waiting=20))
+    await add_pod(operator, "qwen-runtime-a", "runtime", runtime_port)
+    spec = {**SPEC, "model": {"source": "s3://bucket/model"}}
+    await send(operator, "POST", ISVC_PATH, inference_service(spec=spec))
+    await eventually(lambda: scaling(operator) == ("False", "InvalidSpec"))
+    assert live(operator, DEPLOYMENTS, "qwen-runtime") is None and "desiredReplicas" not in status(operator)
