@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -74,11 +74,13 @@ def policy_of(spec: InferenceServiceSpec) -> Policy:
     )
 
 
-def decision_condition(decision: Decision, sample: Sample) -> ConditionState:
-    """True while the sample had data to scale on; else why not (no ready pod, no readable /metrics)."""
+def decision_condition(decision: Decision, sample: Sample, first_error: str = "") -> ConditionState:
+    """True while the sample had data to scale on; else why not (no ready pod, no readable /metrics).
+    The message carries the first read that failed, if any."""
+    message = f"{decision.message} (first failure: {first_error})" if first_error else decision.message
     if decision.has_data:
-        return scaling_condition(True, VALID_METRICS, decision.message)
-    return scaling_condition(False, NO_METRICS if sample.num_failed else NO_READY_PODS, decision.message)
+        return scaling_condition(True, VALID_METRICS, message)
+    return scaling_condition(False, NO_METRICS if sample.num_failed else NO_READY_PODS, message)
 
 
 @dataclass(slots=True)
@@ -92,6 +94,7 @@ class Autoscaler:
     logger: kopf.Logger
     session: aiohttp.ClientSession
     window: tuple[Recommendation, ...] | None = None  # None until the first sample (then seeded)
+    failing: set[str] = field(default_factory=set)  # pods whose /metrics the last round could not read
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -129,8 +132,13 @@ class Autoscaler:
         router_pods = await self._pods(names.ROUTER)
         runtime = await scrape_pods(self.session, runtime_pods, RUNTIME_METRICS, RUNTIME_REQUIRED)
         routers = await scrape_pods(self.session, router_pods, ROUTER_METRICS, ROUTER_METRICS)
-        for failed in [s for s in runtime + routers if s.values is None]:
-            self.logger.warning("Autoscaler: cannot read /metrics: %s", failed.error)
+        errors = {s.name: s.error for s in runtime + routers if s.values is None}
+        if (
+            set(errors) != self.failing
+        ):  # logged when the set changes, not every round (the condition says it)
+            for error in errors.values():
+                self.logger.info("Autoscaler: cannot read /metrics: %s", error)
+            self.failing = set(errors)
         sample = to_sample(runtime, routers)
         current = desired_replicas(spec, live.get("status") or {})
         now = self._now()
@@ -144,7 +152,7 @@ class Autoscaler:
             )
         if decision.replicas < current:  # the ReplicaSet reads the costs when it picks the pods to remove
             await self._annotate(runtime_pods, deletion_costs(sample.pods))
-        condition = decision_condition(decision, sample)
+        condition = decision_condition(decision, sample, next(iter(errors.values()), ""))
         await self.writer.update(self.ref, lambda obj: self._status(obj, decision, condition))
 
     async def _status(self, live: Obj, decision: Decision, condition: ConditionState) -> dict[str, Any]:

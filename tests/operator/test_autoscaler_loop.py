@@ -159,7 +159,7 @@ async def test_failed_scrapes_keep_the_count_and_say_so(operator, metrics_server
     runtime.status = 500
     await eventually(lambda: scaling(operator) == ("False", "NoMetrics"))
     message = condition(live(operator, ISVC_RESOURCE, "qwen"), "ScalingActive")["message"]
-    assert "could not be read" in message and "keeping 2 replicas" in message
+    assert "could not be read" in message and "keeping 2 replicas" in message and "answered 500" in message
     assert status(operator)["desiredReplicas"] == 2 and runtime_replicas(operator) == 2
     runtime.status, runtime.text = 200, runtime_text(running=4, waiting=20)  # back: scaling resumes
     await eventually(lambda: scaling(operator) == ("True", "ValidMetrics"))
