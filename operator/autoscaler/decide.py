@@ -11,8 +11,9 @@ the ready pods + held by the routers):
   scales up to it;
 - ``calm = ceil(L / C)`` replicas run everything without a queue: fewer than the current count scales
   down to it;
-- in between the count stays. Scaling up empties the queues, which is what the band absorbs: a queue
-  -depth rule alone would then scale down, refill the queues and scale up again under a steady load.
+- in between the count stays. Scaling up empties the queues, which is what the band absorbs: a
+  queue-depth rule alone would then scale down, refill the queues and scale up again under a steady
+  load.
 
 The recommendation is clamped to [min, max], then stabilized as the HPA does: up to the lowest
 recommendation of the scale-up window, down to the highest of the scale-down window.
