@@ -9,6 +9,10 @@ driven by `fleetserve bench` twice per seed, alternating:
          `model: ADAPTER` (`--lora-as-model`: vLLM's form, which fleetserve takes too).
 
 So every request, prompt and output length is the same on both servers; only the server differs.
+Both servers run at once (ports --port and --port + 1) and each seed's runs alternate between them
+(vLLM base, fleetserve base, vLLM mixed, fleetserve mixed), so other work on the machine disturbs
+both alike. Before each run the script waits until neither server uses CPU (vLLM's workers keep
+working for a while after a run and would slow the next run down); the 1-minute load average at the start of each run is kept in the JSON.
 Printed: output tok/s, p50 TTFT and mean TPOT of each (medians over the seeds, every seed's value),
 mixed / base per server (the issue's target: >= 0.70) and fleetserve / vLLM per workload (target:
 >= 1.0 on the mixed batch).
@@ -24,8 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -46,10 +54,13 @@ from compare_vllm import (  # noqa: E402  (benchmarks/ is not a package)
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 WORKLOADS = ("base", "mixed")
+QUIET_IDLE_S = 2.0
+QUIET_TIMEOUT_S = 120.0
 FIGURES = (
     ("output tok/s", "output_throughput", True),
     ("p50 TTFT (ms)", "median_ttft_ms", False),
     ("mean TPOT (ms)", "mean_tpot_ms", False),
+    ("load (1-min avg at start)", "load_avg_1m", None),
 )
 
 
@@ -98,33 +109,76 @@ def bench_args(workload: str, adapters: dict[str, Path], args: argparse.Namespac
 
 
 def measure(
-    name: str, checkpoint: Path, adapters: dict[str, Path], args: argparse.Namespace, settings: Settings
-) -> dict[str, list[dict]]:
-    """Serve with `name`, run base and mixed alternately for each seed, stop the server."""
-    runs: dict[str, list[dict]] = {w: [] for w in WORKLOADS}
+    names: list[str],
+    checkpoint: Path,
+    adapters: dict[str, Path],
+    args: argparse.Namespace,
+    settings: Settings,
+) -> dict[str, dict[str, list[dict]]]:
+    """Serve with every server at once (each on a port of its own), then for each seed and workload run
+    the servers one after the other, so that anything else on the machine disturbs both alike."""
+    runs: dict[str, dict[str, list[dict]]] = {name: {w: [] for w in WORKLOADS} for name in names}
+    processes, ports = {}, {}
     try:
-        process = start_server(
-            server_for(name, checkpoint, adapters, args, settings),
-            settings.work_dir / f"lora-{args.size}-{name}.log",
-            settings,
-        )
-    except RuntimeError as error:
-        print(f"!! {error}", file=sys.stderr)
-        return runs
-    try:
+        for offset, name in enumerate(names):
+            own = replace(settings, port=settings.port + offset)
+            try:
+                processes[name] = start_server(
+                    server_for(name, checkpoint, adapters, args, own),
+                    settings.work_dir / f"lora-{args.size}-{name}.log",
+                    own,
+                )
+                ports[name] = own
+            except RuntimeError as error:
+                print(f"!! {error}", file=sys.stderr)
         for seed in range(args.repeats):
             for workload in WORKLOADS:
-                print(f"== {name} / {workload} / seed {seed}", flush=True)
-                output = settings.work_dir / f"lora-{args.size}-{name}-{workload}-seed{seed}.json"
-                output.unlink(missing_ok=True)
-                runs[workload].append(
-                    run_fleetserve_bench(
-                        bench_args(workload, adapters, args, seed), checkpoint, output, settings
+                for name, own in ports.items():
+                    waited = wait_quiet(processes)
+                    print(
+                        f"== {name} / {workload} / seed {seed} (waited {waited:.0f} s for quiet)", flush=True
                     )
-                )
+                    output = settings.work_dir / f"lora-{args.size}-{name}-{workload}-seed{seed}.json"
+                    output.unlink(missing_ok=True)
+                    runs[name][workload].append(
+                        run_fleetserve_bench(
+                            bench_args(workload, adapters, args, seed), checkpoint, output, own
+                        )
+                    )
     finally:
-        stop_server(process)
+        for process in processes.values():
+            stop_server(process)
     return runs
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) of every process in the process group `pgid`, from /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(
+    processes: dict[str, subprocess.Popen], idle_s: float = QUIET_IDLE_S, timeout_s: float = QUIET_TIMEOUT_S
+) -> float:
+    """Waits until no server process used more than 5% of a core over `idle_s` (bounded by
+    `timeout_s`): a server that goes on working after its run (vLLM does, for seconds) would otherwise
+    slow the next server's run. Returns the seconds waited."""
+    start = time.monotonic()
+    before = sum(group_cpu_seconds(p.pid) for p in processes.values())
+    while time.monotonic() - start < timeout_s:
+        time.sleep(idle_s)
+        now = sum(group_cpu_seconds(p.pid) for p in processes.values())
+        if now - before < 0.05 * idle_s:
+            break
+        before = now
+    return time.monotonic() - start
 
 
 def median(runs: list[dict], key: str) -> float | None:
@@ -164,7 +218,11 @@ def report(measured: dict[str, dict[str, list[dict]]], args: argparse.Namespace)
     if {"fleetserve", "vllm"} <= set(servers):
         for workload in WORKLOADS:
             fleet, vllm = measured["fleetserve"][workload], measured["vllm"][workload]
-            parts = [f"{label} {ratio(median(fleet, key), median(vllm, key))}" for label, key, _ in FIGURES]
+            parts = [
+                f"{label} {ratio(median(fleet, key), median(vllm, key))}"
+                for label, key, better in FIGURES
+                if better is not None
+            ]
             lines.append(f"- {workload}: fleetserve / vLLM: " + ", ".join(parts))
     return "\n".join(lines)
 
@@ -219,7 +277,7 @@ def main(argv: list[str]) -> int:
     adapters = make_adapters(
         checkpoint, settings.work_dir / f"adapters-{args.size}", [int(r) for r in args.ranks.split(",")]
     )
-    measured = {name: measure(name, checkpoint, adapters, args, settings) for name in settings.servers}
+    measured = measure(settings.servers, checkpoint, adapters, args, settings)
     text = report(measured, args)
     print(text)
     (settings.work_dir / f"lora-{args.size}.md").write_text(text + "\n")

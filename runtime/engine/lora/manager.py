@@ -25,7 +25,7 @@ from fleetserve.runtime.engine.lora.adapter import (
     read_adapter,
 )
 from fleetserve.runtime.engine.lora.layers import StepState, wrap_projections
-from fleetserve.runtime.engine.lora.ops import build_lora_batch, packed_scales, segment_runs
+from fleetserve.runtime.engine.lora.ops import build_lora_batch, packed_scales, prefer_packed, segment_runs
 from fleetserve.runtime.engine.lora.registry import AdapterRegistry
 from fleetserve.runtime.engine.lora.slots import SlotTable
 from fleetserve.runtime.engine.lora.weights import GroupSpec, SlotWeights
@@ -138,8 +138,10 @@ class LoRAManager:
         slot_of = self.slots.slot_of
         segments = [(n, None if a is None else slot_of[a.key]) for n, a in adapters]
         self.step.batch = build_lora_batch(segments, self.device)
-        if self.packed:
-            runs, num_tokens = segment_runs(segments), sum(n for n, _ in segments)
+        runs, num_tokens = segment_runs(segments), sum(n for n, _ in segments)
+        if not self.packed or not prefer_packed(num_tokens, len(runs)):
+            self.step.scales = None
+        else:
             self.step.scales = {
                 path: packed_scales(runs, num_tokens, g.columns, self.weights.scalings, g.packed_width, self.dtype,
                                     self.device)

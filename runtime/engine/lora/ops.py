@@ -68,6 +68,22 @@ def segment_runs(segments: list[tuple[int, int | None]]) -> list[tuple[int, int,
     return runs
 
 
+# Largest step (in tokens) the packed form serves; larger steps take the segment form. Measured with
+# benchmarks/lora_op.py (docs/lora.md): below it the op count decides, above it the arithmetic.
+PACKED_MAX_TOKENS = 16
+
+
+def prefer_packed(num_tokens: int, num_runs: int) -> bool:
+    """Whether a step of `num_tokens` tokens in `num_runs` adapter segments should take the packed form.
+
+    The packed form costs 3 ops but shrinks and expands every token against every occupied slot; the
+    segment form costs 2 ops per segment and only each token's own adapter's rows. One segment: the
+    segment form does less in fewer ops. Many tokens: the packed form's extra arithmetic outweighs the
+    ops it saves.
+    """
+    return num_runs > 1 and num_tokens <= PACKED_MAX_TOKENS
+
+
 def packed_scales(runs: list[tuple[int, int, int]], num_tokens: int, columns: list[tuple[int, int]],
                   scalings: list[float], width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """[tokens, width]: each token's scaling on the packed rows of its slot, zero elsewhere (and for base tokens)."""

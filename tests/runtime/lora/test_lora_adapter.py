@@ -19,10 +19,12 @@ from fleetserve.runtime.engine.lora.adapter import (
     read_adapter,
 )
 from fleetserve.runtime.engine.lora.ops import (
+    PACKED_MAX_TOKENS,
     add_lora,
     add_lora_packed,
     build_lora_batch,
     packed_scales,
+    prefer_packed,
     segment_runs,
 )
 from fleetserve.runtime.engine.types import SamplingParams
@@ -146,6 +148,34 @@ def test_batched_op_equals_a_per_token_loop():
             t += 1
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(packed, want)
+
+
+def test_packed_form_only_for_small_steps_over_several_adapters():
+    assert prefer_packed(16, 4)
+    assert prefer_packed(PACKED_MAX_TOKENS, 2)
+    assert not prefer_packed(16, 1)  # one segment: 2 ops of its own rows beat 3 over every slot
+    assert not prefer_packed(PACKED_MAX_TOKENS + 1, 4)  # large steps: the arithmetic decides
+
+
+def test_each_step_takes_the_form_that_suits_it(demo_model, lora_adapters):
+    paths = lora_adapters("llama")
+    engine = LLMEngine.from_config(EngineConfig(
+        model_path=str(demo_model("llama")), dtype="float32", device="cpu", num_pages=8, enable_lora=True,
+        max_lora_rank=16, max_loras_per_batch=2))
+    engine.load_lora("a", str(paths["qv4"]))
+    engine.load_lora("b", str(paths["all16"]))
+    lora = engine.lora
+    assert lora is not None and lora.packed
+    a, b = lora.find("a"), lora.find("b")
+    lora.prepare([(4, a), (1, None), (4, b)])
+    assert lora.step.batch is not None and lora.step.scales is not None
+    assert set(lora.step.scales) == set(lora.weights.groups)  # all16 targets every projection
+    lora.prepare([(8, a), (1, None)])
+    assert lora.step.batch is not None and lora.step.scales is None
+    lora.prepare([(PACKED_MAX_TOKENS, a), (1, b)])
+    assert lora.step.batch is not None and lora.step.scales is None
+    lora.prepare([(3, None)])
+    assert lora.step.batch is None
 
 
 def test_prefix_cache_is_per_adapter_and_per_load(demo_model, lora_adapters):
