@@ -316,44 +316,53 @@ def cross_check_table(size: str, server: str, results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str]) -> Settings:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_run_args(parser: argparse.ArgumentParser, port: int) -> None:
+    """Options every side-by-side script shares: where to work, which servers, load, timeouts."""
     parser.add_argument("--work-dir", type=Path, default=HERE / "results", help="checkpoints, logs, JSON")
     parser.add_argument("--vllm-venv", type=Path, default=HERE / ".venv-vllm")
-    parser.add_argument("--sizes", default="large,tiny", help="demo-model sizes, comma-separated")
     parser.add_argument("--servers", default="vllm,fleetserve", help="which servers to run, in order")
     parser.add_argument("--num-prompts", type=int, default=32, help="random prompts; shared-prefix: 4 × n/4")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
-    parser.add_argument("--port", type=int, default=30999)
+    parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--startup-timeout", type=float, default=600.0)
     parser.add_argument("--request-timeout", type=float, default=600.0)
-    parser.add_argument(
-        "--cross-check", action="store_true", help="also run vllm bench serve (random workload)"
-    )
     parser.add_argument(
         "--repeats",
         type=int,
         default=3,
         help="runs of each workload per server (seeds 0..n-1); medians reported",
     )
-    args = parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace, sizes: list[str], cross_check: bool) -> Settings:
     return Settings(
         work_dir=args.work_dir.resolve(),
         vllm_bin=args.vllm_venv.resolve() / "bin" / "vllm",
-        sizes=args.sizes.split(","),
+        sizes=sizes,
         num_prompts=args.num_prompts,
         concurrency=args.concurrency,
         kv_cache_gib=args.kv_cache_gib,
         port=args.port,
         startup_timeout_s=args.startup_timeout,
         request_timeout_s=args.request_timeout,
-        cross_check=args.cross_check,
+        cross_check=cross_check,
         servers=args.servers.split(","),
         repeats=max(1, args.repeats),
     )
+
+
+def parse_args(argv: list[str]) -> Settings:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_run_args(parser, port=30999)
+    parser.add_argument("--sizes", default="large,tiny", help="demo-model sizes, comma-separated")
+    parser.add_argument(
+        "--cross-check", action="store_true", help="also run vllm bench serve (random workload)"
+    )
+    args = parser.parse_args(argv)
+    return settings_from(args, args.sizes.split(","), args.cross_check)
 
 
 def write_checkpoint(size: str, settings: Settings) -> Path:

@@ -44,9 +44,11 @@ from compare_vllm import (  # noqa: E402  (benchmarks/ is not a package)
     SERVED_NAME,
     Server,
     Settings,
+    add_run_args,
     fmt,
     ratio,
     run_fleetserve_bench,
+    settings_from,
     start_server,
     stop_server,
     write_checkpoint,
@@ -229,9 +231,7 @@ def report(measured: dict[str, dict[str, list[dict]]], args: argparse.Namespace)
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Settings]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work-dir", type=Path, default=HERE / "results")
-    p.add_argument("--vllm-venv", type=Path, default=HERE / ".venv-vllm")
-    p.add_argument("--servers", default="vllm,fleetserve", help="which servers to run, in order")
+    add_run_args(p, port=30998)
     p.add_argument("--size", default="large", help="demo-model size (llama)")
     p.add_argument(
         "--dtype",
@@ -239,32 +239,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Settings]:
         help="both servers' dtype (float32: CPUs without AVX-512 BF16 only emulate bfloat16)",
     )
     p.add_argument("--ranks", default="8,16,16,32")
-    p.add_argument("--num-prompts", type=int, default=32)
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3, help="seeds 0..n-1, each base then mixed")
-    p.add_argument("--kv-cache-gib", type=int, default=2)
-    p.add_argument("--port", type=int, default=30998)
-    p.add_argument("--startup-timeout", type=float, default=600.0)
-    p.add_argument("--request-timeout", type=float, default=600.0)
     args = p.parse_args(argv)
     args.repeats = max(1, args.repeats)
-    settings = Settings(
-        work_dir=args.work_dir.resolve(),
-        vllm_bin=args.vllm_venv.resolve() / "bin" / "vllm",
-        sizes=[args.size],
-        num_prompts=args.num_prompts,
-        concurrency=args.concurrency,
-        kv_cache_gib=args.kv_cache_gib,
-        port=args.port,
-        startup_timeout_s=args.startup_timeout,
-        request_timeout_s=args.request_timeout,
-        cross_check=False,
-        servers=args.servers.split(","),
-        repeats=args.repeats,
-    )
-    return args, settings
+    return args, settings_from(args, [args.size], cross_check=False)
 
 
 def main(argv: list[str]) -> int:
