@@ -24,6 +24,8 @@ RUN_AS_USER = 10001
 MODEL_MOUNT_PATH = "/mnt/models"
 CACHE_MOUNT_PATH = "/var/cache/fleetserve"
 SHM_MOUNT_PATH = "/dev/shm"
+# pvc:// adapters: each claim the spec's adapters name is mounted read-only at ADAPTER_MOUNT_PATH/CLAIM.
+ADAPTER_MOUNT_PATH = "/mnt/adapters"
 HF_HOME = f"{CACHE_MOUNT_PATH}/huggingface"
 
 # Environment variable names the runtime reads.
@@ -34,6 +36,9 @@ ENV_API_KEY = wire.ENV_API_KEY
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_ADAPTER_NAME_LENGTH = 63
+# How often the adapter rollout (operator/adapters/) compares every ready runtime pod's adapters with the
+# spec's and loads or unloads the difference: a restarted pod gets its adapters back within this long.
+ADAPTER_SYNC_SECONDS = 10.0
 
 # The router's Service port (the router container itself listens on wire.ROUTER_PORT).
 SERVICE_PORT = 80

@@ -36,6 +36,7 @@ PLURALS = {
     "Ingress": "ingresses",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Pod": "pods",
+    "Secret": "secrets",
     names.KIND: names.PLURAL,
 }
 

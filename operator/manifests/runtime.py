@@ -57,7 +57,7 @@ def serve_args(spec: InferenceServiceSpec) -> list[str]:
     if runtime.enable_cache_report:
         args.append("--enable-cache-report")
     if spec.adapters:
-        args.append("--enable-lora")  # adapters themselves are loaded through the adapter API
+        args.append("--enable-lora")  # the adapter rollout (operator/adapters/) loads them over HTTP
     return args + runtime.args
 
 
