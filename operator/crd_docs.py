@@ -41,6 +41,7 @@ STATUS_NOTES = """
 | `Progressing` | True while the runtime Deployment rolls out or scales toward `desiredReplicas` | `RollingOut`, `RolloutComplete`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
 | `Degraded` | True when a pod fails, the rollout cannot finish or the spec cannot be served | `AsExpected`, `ImagePullBackOff`, `ErrImagePull`, `CrashLoopBackOff`, `OOMKilled`, `Unschedulable`, `CreateContainerConfigError`, `ProgressDeadlineExceeded`, `ReplicaFailure`, `InvalidSpec`, `ChildConflict`, `ChildRejected`, `Forbidden` |
 | `ScalingActive` | True while the autoscaler reads the load of the ready runtime pods and scales on it ([autoscaling.md](autoscaling.md)) | `ValidMetrics`, `NoReadyPods`, `NoMetrics`, `AutoscalingDisabled`, `InvalidSpec` |
+| `AdaptersReady` | True when every spec adapter is loaded on every ready runtime pod ([adapters.md](adapters.md)) | `AdaptersLoaded`, `NoAdapters`, `NoReadyPods`, `LoadFailed`, `PodUnreachable`, `UnloadFailed`, `Loading`, `ApiKeyUnavailable`, `InvalidSpec` |
 
 The conditions are a map keyed by `type` (one condition per type; conditions other control loops
 add are kept). Each carries `observedGeneration` and a `lastTransitionTime` that moves only when its
@@ -52,7 +53,9 @@ else. `ChildRejected`: the API server refused a child the spec produced (its mes
 `Forbidden`: the operator's RBAC lacks a right. The operator retries all three at every resync.
 `ScalingActive` belongs to the autoscaler: `NoReadyPods` (no runtime pod is ready) and `NoMetrics` (no
 ready pod's `/metrics` could be read) keep the replica count as it is; its message gives the last
-sample and recommendation.
+sample and recommendation. `AdaptersReady` belongs to the adapter rollout: with adapters and no ready
+runtime pod it is False (`NoReadyPods`); `LoadFailed` carries the runtime's reason for the first
+refused load, and `status.adapters` gives each adapter's count of ready pods that have it.
 """
 
 

@@ -6,6 +6,8 @@
   found through a kopf index, so its status follows the pods without waiting for the timer;
 - a daemon per InferenceService runs its autoscaler (autoscaler/loop.py) every
   ``spec.autoscaling.intervalSeconds``, until the object is deleted or the operator exits;
+- a daemon per InferenceService runs its adapter rollout (adapters/loop.py) every
+  ``defaults.ADAPTER_SYNC_SECONDS``: the spec's LoRA adapters loaded on every ready runtime pod;
 - every one of them writes the status through the one ``StatusWriter`` (status/writer.py).
 """
 
@@ -18,7 +20,8 @@ from typing import Any
 import aiohttp
 import kopf
 
-from fleetserve.operator import names
+from fleetserve.operator import defaults, names
+from fleetserve.operator.adapters.loop import AdapterRollout
 from fleetserve.operator.autoscaler.loop import Autoscaler
 from fleetserve.operator.config import OperatorConfig
 from fleetserve.operator.kube import KubeClient, KubeError, Ref
@@ -30,6 +33,8 @@ from fleetserve.runtime import wire
 RETRY_DELAY_SECONDS = 10
 # kopf cancels a stopping autoscaler daemon at once (within this many seconds): its rounds are idempotent
 AUTOSCALER_CANCEL_SECONDS = 5.0
+# and a stopping adapter rollout (a load in flight is cancelled; the next round sends it again)
+ADAPTERS_CANCEL_SECONDS = 5.0
 RESOURCE = (names.GROUP, names.VERSION, names.PLURAL)
 CHILD_LABELS = {wire.LABEL_SERVICE: kopf.PRESENT}
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
@@ -111,6 +116,26 @@ async def autoscale(namespace: str | None, name: str, stopped: kopf.DaemonStoppe
             await asyncio.sleep(delay)
 
 
+async def roll_out_adapters(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
+                            logger: kopf.Logger, memo: Any, **_: Any) -> None:
+    """The adapter rollout of one InferenceService: a round every ``ADAPTER_SYNC_SECONDS`` until kopf stops
+    the daemon or the object is gone. API or network errors skip a round."""
+    assert namespace is not None  # InferenceService is namespaced
+    async with aiohttp.ClientSession() as session:
+        rollout = AdapterRollout(memo.client, memo.writer, isvc_ref(namespace, name), logger, session,
+                                 interval=defaults.ADAPTER_SYNC_SECONDS)
+        while not stopped:
+            try:
+                delay = await rollout.step()
+            except (KubeError, aiohttp.ClientError, TimeoutError) as error:
+                logger.warning("Adapters: Kubernetes API call failed, next try in %ss: %s",
+                               RETRY_DELAY_SECONDS, error)
+                delay = RETRY_DELAY_SECONDS
+            if delay is None:
+                return
+            await asyncio.sleep(delay)  # cancelled by kopf on stop, as the autoscaler's
+
+
 def default_login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
     return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
@@ -142,6 +167,8 @@ def build_registry(config: OperatorConfig, login: LoginFn = default_login) -> ko
                registry=registry)(on_inference_service)
     kopf.daemon(*RESOURCE, id="autoscaler", cancellation_timeout=AUTOSCALER_CANCEL_SECONDS,
                 registry=registry)(autoscale)
+    kopf.daemon(*RESOURCE, id="adapters", cancellation_timeout=ADAPTERS_CANCEL_SECONDS,
+                registry=registry)(roll_out_adapters)
     for group_version, plural in CHILD_RESOURCES:
         kopf.on.event(group_version, plural, id=f"{plural}-changed", labels=CHILD_LABELS,
                       registry=registry)(on_child_event)

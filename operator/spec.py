@@ -220,8 +220,9 @@ class Autoscaling(Model):
 class Adapter(Model):
     name: str = Field(description="Adapter name; clients request it as `model: BASE:NAME`.", pattern=DNS_LABEL,
                       max_length=defaults.MAX_ADAPTER_NAME_LENGTH)
-    source: str = Field(description="hf://ORG/NAME or pvc://CLAIM/PATH of the LoRA adapter.",
-                        pattern=URI_PATTERN)
+    source: str = Field(description="Where the PEFT LoRA adapter is: hf://ORG/NAME (each runtime pod downloads "
+                        "it) or pvc://CLAIM/PATH (a directory on a PersistentVolumeClaim, mounted read-only "
+                        f"in the runtime pods at {defaults.ADAPTER_MOUNT_PATH}/CLAIM).", pattern=URI_PATTERN)
 
 
 class Router(Model):
@@ -253,9 +254,11 @@ class InferenceServiceSpec(Model):
     replicas: Replicas = Field(default_factory=Replicas, description="Runtime replica bounds.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Queue-depth autoscaling "
                                      "of the runtime replicas (docs/autoscaling.md).")
-    adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters for every replica. "
-                                    "Stored for the adapter rollout; today a non-empty list starts the "
-                                    "runtime with --enable-lora.")
+    adapters: list[Adapter] = Field(default_factory=list, description="LoRA adapters the operator loads on "
+                                    "every ready runtime replica, and unloads any other (docs/adapters.md). A "
+                                    "non-empty list starts the runtime with --enable-lora; adding or removing a "
+                                    "pvc:// claim rolls the runtime pods out, other changes are loaded on the "
+                                    "running pods.")
     router: Router = Field(default_factory=Router, description="The router in front of the runtime pods.")
     ingress: Ingress | None = Field(default=None, description="Expose the router outside the cluster.")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets with registry "
@@ -267,7 +270,8 @@ class InferenceServiceSpec(Model):
 
 
 class Condition(Model):
-    type: str = Field(description="Condition type: Ready, Progressing, Degraded or ScalingActive.")
+    type: str = Field(description="Condition type: Ready, Progressing, Degraded, ScalingActive or "
+                      "AdaptersReady.")
     status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
     reason: str = Field(description="CamelCase reason for the last transition, for machines.")
     message: str = Field(default="", description="What happened and what to do about it, for humans.")
@@ -277,11 +281,19 @@ class Condition(Model):
                                       json_schema_extra={"format": "date-time"})
 
 
+class AdapterState(Model):
+    name: str = Field(description="The adapter's name in spec.adapters.")
+    ready_replicas: int = Field(default=0, description="Ready runtime pods that have it loaded from its "
+                                "spec source.", ge=0)
+    message: str = Field(default="", description="Empty when every ready runtime pod has it; else why the "
+                         "first pod lacking it does (the runtime's reason for a refused load).")
+
+
 class InferenceServiceStatus(Model):
     """Observed state, written by the operator only."""
 
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded and "
-                                        "ScalingActive, "
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, "
+                                        "ScalingActive and AdaptersReady, "
                                         "following Kubernetes condition conventions; one per type.",
                                         json_schema_extra={"x-kubernetes-list-type": "map",
                                                            "x-kubernetes-list-map-keys": ["type"]})
@@ -299,3 +311,5 @@ class InferenceServiceStatus(Model):
     queue_depth: int | None = Field(default=None, description="Requests waiting in the ready runtime pods "
                                     "plus those the routers hold, at the autoscaler's last sample "
                                     "(autoscaling on only).", ge=0)
+    adapters: list[AdapterState] = Field(default_factory=list, description="One entry per spec.adapters "
+                                         "entry, from the adapter rollout's last round (docs/adapters.md).")

@@ -44,10 +44,10 @@ from fleetserve.operator.adapters.decide import (
     summarize,
 )
 from fleetserve.operator.adapters.locate import wanted_adapters
-from fleetserve.operator.adapters.status import adapters_status
 from fleetserve.operator.autoscaler.scrape import is_ready
 from fleetserve.operator.kube import KubeClient, KubeError, Obj, Ref
 from fleetserve.operator.spec import InferenceServiceSpec
+from fleetserve.operator.status.compute import adapters_condition, adapters_status
 from fleetserve.operator.status.conditions import now_rfc3339
 from fleetserve.operator.status.writer import StatusWriter
 from fleetserve.operator.validation import INVALID_SPEC, check_spec
@@ -192,8 +192,13 @@ class AdapterRollout:
             raise ApiKeyError(f"{where}: not base64-encoded UTF-8 text") from error
 
     async def _write(self, report: Report) -> None:
+        state = adapters_condition(report.is_ready, report.reason, report.message)
+        entries = [
+            {"name": a.name, "readyReplicas": a.ready_replicas, "message": a.message} for a in report.adapters
+        ]
+
         async def compute(live: Obj) -> dict[str, Any]:
             status = live.get("status") or {}
-            return adapters_status(status, report, live["metadata"].get("generation"), now_rfc3339())
+            return adapters_status(status, state, live["metadata"].get("generation"), now_rfc3339(), entries)
 
         await self.writer.update(self.ref, compute)

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from fleetserve.operator.status.conditions import (
+    ADAPTERS_READY,
     DEGRADED,
     PROGRESSING,
     READY,
@@ -179,6 +180,19 @@ def scaling_status(current: Obj, state: ConditionState, generation: int | None, 
     queue depth of its last sample (None removes it, e.g. once autoscaling is off)."""
     return {"conditions": set_condition(current.get("conditions") or [], state, generation, now),
             "queueDepth": queue_depth}
+
+
+def adapters_condition(is_ready: bool, reason: str, message: str) -> ConditionState:
+    """The adapter rollout's condition: True when every spec adapter is loaded on every ready runtime pod."""
+    return ConditionState(ADAPTERS_READY, "True" if is_ready else "False", reason, message)
+
+
+def adapters_status(current: Obj, state: ConditionState, generation: int | None, now: str,
+                    adapters: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The adapter rollout's fields of the status: its condition (in its place among the others) and one
+    ``adapters`` entry per spec adapter ({name, readyReplicas, message})."""
+    return {"conditions": set_condition(current.get("conditions") or [], state, generation, now),
+            "adapters": [dict(entry) for entry in adapters]}
 
 
 def status_changes(current: Obj, new: Mapping[str, Any]) -> dict[str, Any]:

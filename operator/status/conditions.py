@@ -10,7 +10,8 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 SCALING_ACTIVE = "ScalingActive"  # the autoscaler's (autoscaler/loop.py)
-CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, SCALING_ACTIVE)
+ADAPTERS_READY = "AdaptersReady"  # the adapter rollout's (adapters/loop.py)
+CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, SCALING_ACTIVE, ADAPTERS_READY)
 
 Status = Literal["True", "False", "Unknown"]
 
