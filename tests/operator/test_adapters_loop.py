@@ -30,7 +30,7 @@ from operator_helpers import (
 
 from fleetserve.operator.adapters.loop import AdapterRollout
 from fleetserve.operator.handlers import isvc_ref
-from fleetserve.operator.kube import KubeClient
+from fleetserve.operator.kube import KubeClient, KubeError
 from fleetserve.operator.status.writer import StatusWriter
 from fleetserve.runtime import wire
 
@@ -217,3 +217,30 @@ async def test_an_invalid_spec_is_a_condition_and_a_deleted_object_ends_the_loop
     assert adapters_ready(api)[:2] == ("False", "InvalidSpec") and pod.calls == []
     await send(api, "DELETE", f"{ISVC_PATH}/qwen")
     assert await rollout.step() is None
+
+
+class ForbiddenSecrets(KubeClient):
+    """The chart's RBAC: reading a Secret is a 403."""
+
+    async def get(self, ref):
+        if ref.kind == "Secret":
+            raise KubeError(403, 'secrets "keys" is forbidden')
+        return await super().get(ref)
+
+
+async def test_a_forbidden_secret_says_so_and_sends_nothing(api, runtimes):
+    pod = await runtimes(api_key="s3cret")
+    await add_pod(api, "qwen-runtime-a", pod.port)
+    await send(api, "POST", ISVC_PATH, inference_service(spec={**SPEC, "apiKeySecret": {"name": "keys"}}))
+    client = ForbiddenSecrets()
+    await client.connect(kopf.ConnectionInfo(server=str(api.url).rstrip("/")))
+    async with aiohttp.ClientSession() as session:
+        ref = isvc_ref(NAMESPACE, "qwen")
+        await AdapterRollout(client, StatusWriter(client), ref, logging.getLogger("test"), session).step()
+    await client.close()
+    assert adapters_ready(api) == (
+        "False",
+        "ApiKeyUnavailable",
+        'cannot read spec.apiKeySecret keys/api-key: HTTP 403: secrets "keys" is forbidden',
+    )
+    assert pod.calls == []
