@@ -14,33 +14,16 @@ from typing import Any
 
 import aiohttp
 
-from fleetserve.operator.manifests.pod import PORT_NAME
 from fleetserve.runtime import wire
 
 ADAPTER_READ_TIMEOUT_SECONDS = 5.0
 LOAD_TIMEOUT_SECONDS = 120.0  # a hub adapter is downloaded inside the call
 MAX_BODY_BYTES = 1024 * 1024
 PATH_MODELS = "/v1/models"
-Obj = Mapping[str, Any]
 
 
 class RuntimeCallError(Exception):
     pass
-
-
-def pod_url(pod: Obj) -> str | None:
-    """http://POD_IP:PORT of the container port named ``http``; None without an IP or that port."""
-    ip = (pod.get("status") or {}).get("podIP")
-    ports = [
-        port
-        for container in (pod.get("spec") or {}).get("containers") or []
-        for port in container.get("ports") or []
-        if port.get("name") == PORT_NAME
-    ]
-    if not ip or not ports:
-        return None
-    host = f"[{ip}]" if ":" in ip else ip
-    return f"http://{host}:{ports[0]['containerPort']}"
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

@@ -29,7 +29,6 @@ from fleetserve.operator.adapters.client import (
     RuntimeCallError,
     auth_headers,
     load_adapter,
-    pod_url,
     read_adapters,
     unload_adapter,
 )
@@ -44,8 +43,8 @@ from fleetserve.operator.adapters.decide import (
     summarize,
 )
 from fleetserve.operator.adapters.locate import wanted_adapters
-from fleetserve.operator.autoscaler.scrape import is_ready
 from fleetserve.operator.kube import KubeClient, KubeError, Obj, Ref
+from fleetserve.operator.pods import is_ready, pod_url
 from fleetserve.operator.spec import InferenceServiceSpec
 from fleetserve.operator.status.compute import adapters_condition, adapters_status
 from fleetserve.operator.status.conditions import now_rfc3339

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleetserve.operator.autoscaler.decide import PodLoad, Sample
 from fleetserve.operator.manifests.pod import PORT_NAME
+from fleetserve.operator.pods import is_ready, pod_url
 from fleetserve.runtime import wire
 
 logger = logging.getLogger(__name__)
@@ -34,27 +35,10 @@ class ScrapeError(Exception):
     pass
 
 
-def is_ready(pod: Obj) -> bool:
-    """Running, passing its readiness probe, and not being deleted."""
-    if pod.get("metadata", {}).get("deletionTimestamp"):
-        return False
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 def metrics_url(pod: Obj) -> str | None:
     """http://POD_IP:PORT/metrics, PORT being the container port named ``http``; None without either."""
-    ip = (pod.get("status") or {}).get("podIP")
-    ports = [
-        port
-        for container in (pod.get("spec") or {}).get("containers") or []
-        for port in container.get("ports") or []
-        if port.get("name") == PORT_NAME
-    ]
-    if not ip or not ports:
-        return None
-    host = f"[{ip}]" if ":" in ip else ip
-    return f"http://{host}:{ports[0]['containerPort']}{wire.PATH_METRICS}"
+    base = pod_url(pod)
+    return None if base is None else base + wire.PATH_METRICS
 
 
 def parse_metrics(text: str, names: Iterable[str]) -> dict[str, float]:

@@ -12,12 +12,12 @@ from fleetserve.operator.autoscaler.scrape import (
     RUNTIME_METRICS,
     RUNTIME_REQUIRED,
     ScrapeError,
-    is_ready,
     metrics_url,
     parse_metrics,
     scrape_pods,
     to_sample,
 )
+from fleetserve.operator.pods import is_ready
 from fleetserve.runtime import wire
 from fleetserve.runtime.engine.types import EngineStats
 from fleetserve.runtime.server.metrics import ServerMetrics
