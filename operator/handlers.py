@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -95,45 +95,43 @@ async def on_child_event(event: kopf.RawEvent, body: kopf.Body, namespace: str |
         logger.warning("Could not reconcile InferenceService %s: %s", parent_name, error)
 
 
+async def run_rounds(step: Callable[[], Awaitable[float | None]], stopped: kopf.DaemonStopped,
+                     logger: kopf.Logger, label: str) -> None:
+    """A control loop's daemon body: ``step()`` returns the seconds until the next round, or None once
+    the object is gone; API or network errors skip a round. Runs until kopf stops the daemon."""
+    while not stopped:
+        try:
+            delay = await step()
+        except (KubeError, aiohttp.ClientError, TimeoutError) as error:
+            logger.warning("%s: Kubernetes API call failed, next try in %ss: %s", label, RETRY_DELAY_SECONDS,
+                           error)
+            delay = RETRY_DELAY_SECONDS
+        if delay is None:
+            return
+        # Not ``stopped.wait(delay)``: kopf cancels a stopping async daemon (cancellation_timeout), and
+        # a cancelled wait would leave kopf's inner timed task to fail the operator's exit.
+        await asyncio.sleep(delay)
+
+
 async def autoscale(namespace: str | None, name: str, stopped: kopf.DaemonStopped, logger: kopf.Logger,
                     memo: Any, **_: Any) -> None:
     """The autoscaler of one InferenceService: a step per interval until kopf stops the daemon (the
-    object is deleted, the operator exits) or the object is gone. API or network errors skip a round."""
+    object is deleted, the operator exits) or the object is gone."""
     assert namespace is not None  # InferenceService is namespaced
     async with aiohttp.ClientSession() as session:
         scaler = Autoscaler(memo.client, memo.writer, memo.config, isvc_ref(namespace, name), logger, session)
-        while not stopped:
-            try:
-                delay = await scaler.step()
-            except (KubeError, aiohttp.ClientError, TimeoutError) as error:
-                logger.warning("Autoscaler: Kubernetes API call failed, next try in %ss: %s",
-                               RETRY_DELAY_SECONDS, error)
-                delay = RETRY_DELAY_SECONDS
-            if delay is None:
-                return
-            # Not ``stopped.wait(delay)``: kopf cancels a stopping async daemon (cancellation_timeout), and
-            # a cancelled wait would leave kopf's inner timed task to fail the operator's exit.
-            await asyncio.sleep(delay)
+        await run_rounds(scaler.step, stopped, logger, "Autoscaler")
 
 
 async def roll_out_adapters(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
                             logger: kopf.Logger, memo: Any, **_: Any) -> None:
     """The adapter rollout of one InferenceService: a round every ``ADAPTER_SYNC_SECONDS`` until kopf stops
-    the daemon or the object is gone. API or network errors skip a round."""
+    the daemon or the object is gone."""
     assert namespace is not None  # InferenceService is namespaced
     async with aiohttp.ClientSession() as session:
         rollout = AdapterRollout(memo.client, memo.writer, isvc_ref(namespace, name), logger, session,
                                  interval=defaults.ADAPTER_SYNC_SECONDS)
-        while not stopped:
-            try:
-                delay = await rollout.step()
-            except (KubeError, aiohttp.ClientError, TimeoutError) as error:
-                logger.warning("Adapters: Kubernetes API call failed, next try in %ss: %s",
-                               RETRY_DELAY_SECONDS, error)
-                delay = RETRY_DELAY_SECONDS
-            if delay is None:
-                return
-            await asyncio.sleep(delay)  # cancelled by kopf on stop, as the autoscaler's
+        await run_rounds(rollout.step, stopped, logger, "Adapters")
 
 
 def default_login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo | None:
