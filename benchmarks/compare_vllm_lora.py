@@ -84,7 +84,7 @@ def server_for(
     name: str, checkpoint: Path, adapters: dict[str, Path], args: argparse.Namespace, settings: Settings
 ) -> Server:
     common = ["--host", "127.0.0.1", "--port", str(settings.port), "--served-model-name", SERVED_NAME]
-    max_rank = str(max(int(n.rsplit("-r", 1)[1]) for n in adapters))
+    max_rank = str(max(int(r) for r in args.ranks.split(",")))
     modules = [f"{n}={p}" for n, p in adapters.items()]
     if name == "vllm":
         command = [str(settings.vllm_bin), "serve", str(checkpoint), *common, "--dtype", args.dtype]
