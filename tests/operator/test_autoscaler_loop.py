@@ -172,13 +172,16 @@ async def test_held_requests_without_ready_pods_keep_the_count_and_report_no_rea
     _, router_port = await metrics_server(router_text(held=5))
     await add_pod(operator, "qwen-router-a", "router", router_port)
     await send(operator, "POST", ISVC_PATH, inference_service(spec=SPEC))
+    # The create handler and the autoscaler's daemon run concurrently: either may write first.
+    await eventually(lambda: runtime_replicas(operator) == 1)
     await eventually(lambda: scaling(operator) == ("False", "NoReadyPods"))
     assert (
         "routers hold 5 requests"
         in condition(live(operator, ISVC_RESOURCE, "qwen"), "ScalingActive")["message"]
     )
     assert status(operator)["queueDepth"] == 5
-    assert runtime_replicas(operator) == 1
+    assert runtime_replicas(operator) == 1  # held requests with no pod to measure keep the count
+    await eventually(lambda: status(operator).get("desiredReplicas") == 1)  # the create handler's status
 
 
 async def test_autoscaling_off_says_so_and_leaves_the_count_to_replicas_count(operator, metrics_server):
