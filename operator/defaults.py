@@ -44,6 +44,9 @@ ADAPTER_SYNC_SECONDS = 10.0
 SERVICE_PORT = 80
 ROUTER_REQUESTS = {"cpu": "100m", "memory": "256Mi"}
 ROUTER_LIMITS = {"memory": "512Mi"}
+# How long a router holds a request while no runtime pod is ready: a cold start (image pull, weights
+# load) after a scale from zero takes minutes on a GPU node, more than the router's own default of 60 s.
+ROUTER_MAX_HOLD_SECONDS = 300
 
 # Image used when neither the spec nor the operator's --runtime-image names one.
 RUNTIME_IMAGE = "ghcr.io/fleetserve/fleetserve:0.1.0"

@@ -193,7 +193,8 @@ class Replicas(Model):
         {"rule": "self.min <= self.max", "message": "replicas.min must not exceed replicas.max"}]})
 
     min: int = Field(default=1, description="Fewest runtime replicas the autoscaler keeps (autoscaling on "
-                     "only).", ge=1)
+                     "only). 0 lets an idle service scale to zero: the routers hold requests while the "
+                     "autoscaler starts a replica.", ge=0)
     max: int = Field(default=1, description="Most runtime replicas the autoscaler may run (autoscaling on "
                      "only).", ge=1)
     count: int = Field(
@@ -232,6 +233,9 @@ class Router(Model):
                               min_length=1)
     resources: Resources = Field(default_factory=Resources, description="Compute resources per router "
                                  "replica (gpus is ignored).")
+    max_hold_seconds: int = Field(default=defaults.ROUTER_MAX_HOLD_SECONDS, description="How long the router "
+                                  "holds a request while no runtime replica is ready (a rollout, a restart, a "
+                                  "scale from zero) before it answers 503; 0 answers 503 at once.", ge=0)
 
 
 class Ingress(Model):

@@ -24,6 +24,10 @@ METRIC_NUM_REQUESTS_WAITING = "fleetserve:num_requests_waiting"
 METRIC_KV_CACHE_USAGE = "fleetserve:kv_cache_usage_perc"
 # --max-running-requests: the batch cap, which the autoscaler takes as one replica's running capacity
 METRIC_MAX_RUNNING_REQUESTS = "fleetserve:max_running_requests"
+# Finished requests by finish reason, a counter (its samples are named METRIC_REQUEST_SUCCESS_TOTAL); the
+# autoscaler reads it to tell a service whose requests are all short from an idle one.
+METRIC_REQUEST_SUCCESS = "fleetserve:request_success"
+METRIC_REQUEST_SUCCESS_TOTAL = f"{METRIC_REQUEST_SUCCESS}_total"
 # LoRA (docs/metrics.md): requests per adapter (label lora_name), every loaded adapter (value 1), and
 # vLLM's lora_requests_info (labels running_lora_adapters, waiting_lora_adapters, max_lora)
 METRIC_LORA_REQUESTS_RUNNING = "fleetserve:lora_num_requests_running"

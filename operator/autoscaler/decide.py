@@ -17,6 +17,13 @@ the ready pods + held by the routers):
 
 The recommendation is clamped to [min, max], then stabilized as the HPA does: up to the lowest
 recommendation of the scale-up window, down to the highest of the scale-down window.
+
+Scale to zero (``min`` 0): a sample recommends 0 only when it saw no request at all, neither in flight
+nor finished since the previous sample (the pods' finished-request counters), so a service whose
+requests are short and sparse, and so rarely caught in flight, keeps its replica; after a whole
+scale-down window of such samples the count goes to 0. At 0 there is no pod to read: the routers hold
+the requests that arrive, and ``ceil(held / (C + T))`` replicas (at least 1) are asked for at once,
+with no window, since every held request waits for a cold start.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ class Sample(NamedTuple):
     num_failed: int = 0  # ready pods whose /metrics could not be read
     held: float = 0.0  # requests the routers hold because no runtime pod is ready
     num_routers: int = 0  # routers that answered (0: held is unknown and taken as 0)
+    finished: float | None = None  # requests the pods finished since the previous sample (None: unknown)
 
     @property
     def num_ready(self) -> int:
@@ -70,7 +78,8 @@ class Recommendation(NamedTuple):
     replicas: int
 
 
-Phase = Literal["scale_up", "scale_down", "steady", "no_data", "held_without_pods"]
+Phase = Literal["scale_up", "scale_down", "steady", "no_data", "held_without_pods", "scale_from_zero",
+                "scaled_to_zero"]
 
 
 class Decision(NamedTuple):
@@ -119,6 +128,35 @@ def stabilize(
     return min(max(current, up), down), (*older, Recommendation(now, replicas))
 
 
+def without_pods(sample: Sample, policy: Policy, current: int, window: Sequence[Recommendation],
+                 now: float, queue_depth: int) -> Decision:
+    """No ready pod answered: scale only on the routers' held requests, never down."""
+    window = tuple(window)
+    if sample.num_ready == 0 and current == 0:  # scaled to zero: the routers alone see the demand
+        if not sample.num_routers:
+            return Decision(0, None, "no_data", "scaled to zero and no router answered, so requests held "
+                            "there are unknown: keeping 0 replicas", queue_depth, window)
+        if sample.held == 0:
+            return Decision(0, 0, "scaled_to_zero", "scaled to zero: no request is held", queue_depth, window)
+        need = math.ceil(sample.held / (policy.default_max_running + policy.target_queue_depth))
+        replicas = clamp(max(need, 1), policy)
+        return Decision(replicas, replicas, "scale_from_zero", f"scaled to zero and the routers hold "
+                        f"{sample.held:g} requests: starting {replicas} replicas", queue_depth,
+                        (Recommendation(now, replicas),))
+    if sample.num_ready == 0 and sample.held > 0:  # pods are on their way: more if the held need more
+        need = math.ceil(sample.held / (policy.default_max_running + policy.target_queue_depth))
+        replicas = clamp(max(current, need, 1), policy)
+        verb = "asking for" if replicas > current else "keeping"
+        return Decision(replicas, None, "held_without_pods", f"no runtime pod is ready and the routers hold "
+                        f"{sample.held:g} requests: {verb} {replicas} replicas", queue_depth, window)
+    why = (
+        f"the /metrics of all {sample.num_failed} ready runtime pods could not be read"
+        if sample.num_failed
+        else "no runtime pod is ready"
+    )
+    return Decision(current, None, "no_data", f"{why}: keeping {current} replicas", queue_depth, window)
+
+
 def decide(
     sample: Sample, policy: Policy, current: int, window: Sequence[Recommendation], now: float
 ) -> Decision:
@@ -127,24 +165,7 @@ def decide(
     waiting = sum(pod.waiting for pod in sample.pods) + sample.held
     queue_depth = math.ceil(waiting)
     if not sample.pods:
-        window = tuple(window)
-        if sample.num_ready == 0 and sample.held > 0:
-            replicas = max(current, policy.min, 1)
-            return Decision(
-                replicas,
-                None,
-                "held_without_pods",
-                f"no runtime pod is ready and the routers hold "
-                f"{sample.held:g} requests: keeping {replicas} replicas",
-                queue_depth,
-                window,
-            )
-        why = (
-            f"the /metrics of all {sample.num_failed} ready runtime pods could not be read"
-            if sample.num_failed
-            else "no runtime pod is ready"
-        )
-        return Decision(current, None, "no_data", f"{why}: keeping {current} replicas", queue_depth, window)
+        return without_pods(sample, policy, current, window, now, queue_depth)
     load = sum(pod.load for pod in sample.pods) + sample.held
     per_replica = capacity(sample, policy)
     raw = recommend(load, per_replica, policy.target_queue_depth, current)
@@ -152,6 +173,10 @@ def decide(
     if sample.num_failed:  # part of the load is unknown: never scale down on it
         raw = max(raw, current)
         partial = f"; {sample.num_failed} of {sample.num_ready} ready pods did not answer, so no scale-down"
+    elif raw == 0 and policy.min == 0 and sample.finished != 0:  # requests came and went between samples (or unknown): not idle
+        raw = 1
+        partial = ("; requests finished since the last sample, so not idle" if sample.finished
+                   else "; finished requests unknown, so not idle")
     recommendation = clamp(raw, policy)
     replicas, kept = stabilize(window, now, recommendation, current, policy)
     phase: Phase = "scale_up" if replicas > current else "scale_down" if replicas < current else "steady"

@@ -39,6 +39,7 @@ from fleetserve.operator.autoscaler.scrape import (
     ROUTER_METRICS,
     RUNTIME_METRICS,
     RUNTIME_REQUIRED,
+    finished_since,
     scrape_pods,
     to_sample,
 )
@@ -60,6 +61,7 @@ VALID_METRICS = "ValidMetrics"
 NO_READY_PODS = "NoReadyPods"
 NO_METRICS = "NoMetrics"
 DISABLED = "AutoscalingDisabled"
+SCALED_TO_ZERO = "ScaledToZero"
 
 
 def policy_of(spec: InferenceServiceSpec) -> Policy:
@@ -78,9 +80,12 @@ def decision_condition(decision: Decision, sample: Sample, first_error: str = ""
     """True while the sample had data to scale on; else why not (no ready pod, no readable /metrics).
     The message carries the first read that failed, if any."""
     message = f"{decision.message} (first failure: {first_error})" if first_error else decision.message
+    if decision.phase == "scaled_to_zero":
+        return scaling_condition(True, SCALED_TO_ZERO, message)
     if decision.has_data:
         return scaling_condition(True, VALID_METRICS, message)
-    return scaling_condition(False, NO_METRICS if sample.num_failed else NO_READY_PODS, message)
+    blind_at_zero = decision.replicas == 0 and not sample.num_routers  # held requests unknown
+    return scaling_condition(False, NO_METRICS if sample.num_failed or blind_at_zero else NO_READY_PODS, message)
 
 
 @dataclass(slots=True)
@@ -95,6 +100,7 @@ class Autoscaler:
     session: aiohttp.ClientSession
     window: tuple[Recommendation, ...] | None = None  # None until the first sample (then seeded)
     failing: set[str] = field(default_factory=set)  # pods whose /metrics the last round could not read
+    finished: dict[str, float] = field(default_factory=dict)  # finished-request counters of the last round
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -139,7 +145,8 @@ class Autoscaler:
             for error in errors.values():
                 self.logger.info("Autoscaler: cannot read /metrics: %s", error)
             self.failing = set(errors)
-        sample = to_sample(runtime, routers)
+        finished, self.finished = finished_since(self.finished, runtime)
+        sample = to_sample(runtime, routers, finished)
         current = desired_replicas(spec, live.get("status") or {})
         now = self._now()
         if self.window is None:  # a new daemon (operator start, autoscaling turned on): hold for one window

@@ -26,7 +26,7 @@ SCRAPE_TIMEOUT_SECONDS = 2.0
 MAX_CONCURRENT_SCRAPES = 16
 MAX_METRICS_BYTES = 4 * 1024 * 1024  # a runtime's /metrics is a few KiB; more is not a fleetserve server
 RUNTIME_REQUIRED = (wire.METRIC_NUM_REQUESTS_RUNNING, wire.METRIC_NUM_REQUESTS_WAITING)
-RUNTIME_METRICS = (*RUNTIME_REQUIRED, wire.METRIC_MAX_RUNNING_REQUESTS)
+RUNTIME_METRICS = (*RUNTIME_REQUIRED, wire.METRIC_MAX_RUNNING_REQUESTS, wire.METRIC_REQUEST_SUCCESS_TOTAL)
 ROUTER_METRICS = (wire.METRIC_ROUTER_HELD_REQUESTS,)
 Obj = Mapping[str, Any]
 
@@ -98,9 +98,24 @@ async def scrape_pods(
     return list(await asyncio.gather(*(one(pod) for pod in pods if is_ready(pod))))
 
 
-def to_sample(runtime: Sequence[Scraped], routers: Sequence[Scraped]) -> Sample:
+def finished_since(previous: Mapping[str, float], runtime: Sequence[Scraped]) -> tuple[float | None, dict[str, float]]:
+    """Requests the answering pods finished since ``previous`` (their finished-request counters by pod
+    name, from the last sample), and the counters to keep for the next sample.
+
+    None when any answering pod was not read last time (a new pod, or the first sample). A pod that
+    has finished nothing has no series of the (labelled) counter: 0. A counter that went down is a
+    restarted pod: all it counts is new."""
+    counters = {s.name: s.values.get(wire.METRIC_REQUEST_SUCCESS_TOTAL, 0.0) for s in runtime
+                if s.values is not None}
+    if any(name not in previous for name in counters):
+        return None, counters
+    return sum(total - previous[name] if total >= previous[name] else total
+               for name, total in counters.items()), counters
+
+
+def to_sample(runtime: Sequence[Scraped], routers: Sequence[Scraped], finished: float | None = None) -> Sample:
     """The decision core's input: loads of the pods that answered, the count of those that did not, the
-    requests the answering routers hold."""
+    requests the answering routers hold, the requests finished since the previous sample."""
     pods = tuple(
         PodLoad(
             s.name,
@@ -114,5 +129,6 @@ def to_sample(runtime: Sequence[Scraped], routers: Sequence[Scraped]) -> Sample:
     answered = [s for s in routers if s.values is not None]
     held = sum(s.values.get(wire.METRIC_ROUTER_HELD_REQUESTS, 0.0) for s in answered if s.values is not None)
     return Sample(
-        pods, num_failed=sum(s.values is None for s in runtime), held=held, num_routers=len(answered)
+        pods, num_failed=sum(s.values is None for s in runtime), held=held, num_routers=len(answered),
+        finished=finished,
     )

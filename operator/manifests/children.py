@@ -25,12 +25,15 @@ def desired_replicas(spec: InferenceServiceSpec, status: Mapping[str, Any]) -> i
 
     One owner at a time. Autoscaling off: ``replicas.count``, which the scale subresource reads and
     writes (`kubectl scale`, an HPA, KEDA). Autoscaling on: the autoscaler's last decision in
-    ``status.desiredReplicas`` clamped to [min, max]; ``min`` until it has made one.
+    ``status.desiredReplicas`` clamped to [min, max]; until it has made one, ``min`` but at least 1, so
+    that a new service scaled to zero has first shown that its model loads.
     """
     bounds = spec.replicas
     if not spec.autoscaling.enabled:
         return bounds.count
-    decided = status.get("desiredReplicas") or bounds.min
+    decided = status.get("desiredReplicas")
+    if decided is None:
+        decided = max(bounds.min, 1)
     return max(bounds.min, min(bounds.max, int(decided)))
 
 

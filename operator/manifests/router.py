@@ -33,6 +33,7 @@ def router_args(owner: Owner, spec: InferenceServiceSpec) -> list[str]:
         "--k8s-service", names.runtime_name(owner.name),
         "--k8s-namespace", owner.namespace,
         "--policy", spec.router.policy,
+        "--max-hold-secs", str(spec.router.max_hold_seconds),
     ]
 
 

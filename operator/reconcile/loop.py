@@ -90,7 +90,8 @@ def healthy_status(body: Mapping[str, Any], spec: InferenceServiceSpec, observed
     current = body.get("status") or {}
     desired = desired_replicas(spec, current)
     return build_status(
-        current, healthy_conditions(observed, desired), body["metadata"].get("generation"), now_rfc3339(),
+        current, healthy_conditions(observed, desired, spec.autoscaling.enabled), body["metadata"].get("generation"),
+        now_rfc3339(),
         **replica_fields(observed, desired),
         selector=names.selector_string(owner.name, names.RUNTIME),
         url=service_url(owner, spec),

@@ -92,7 +92,13 @@ class Rollout(NamedTuple):
 
 
 def ready_condition(runtime: Rollout, router: Rollout, desired: int,
-                    problem: PodProblem | None = None) -> ConditionState:
+                    problem: PodProblem | None = None, autoscaled: bool = False) -> ConditionState:
+    if desired == 0 and autoscaled:  # idle: the routers hold requests and the autoscaler starts a replica
+        if router.ready == 0:
+            return ConditionState(READY, "False", "RouterNotReady", "scaled to zero and no router replica is "
+                                  "ready to hold requests")
+        return ConditionState(READY, "True", "ScaledToZero", "scaled to zero while idle: a request is held by "
+                              "the router while the autoscaler starts a runtime replica")
     if desired == 0:
         return ConditionState(READY, "False", "ScaledToZero", "replicas.count is 0: no runtime pods run")
     if runtime.ready == 0:
@@ -140,11 +146,12 @@ def invalid_conditions(message: str, observed: Observed | None = None) -> list[C
     ]
 
 
-def healthy_conditions(observed: Observed, desired: int) -> list[ConditionState]:
+def healthy_conditions(observed: Observed, desired: int, autoscaled: bool = False) -> list[ConditionState]:
+    """``autoscaled``: the count is the autoscaler's, so 0 means idle, not off."""
     runtime, router = Rollout.of(observed.runtime), Rollout.of(observed.router)
     problem = pod_problem(observed.pods)
     return [
-        ready_condition(runtime, router, desired, problem),
+        ready_condition(runtime, router, desired, problem, autoscaled),
         progressing_condition(runtime, desired),
         degraded_condition(observed.runtime, problem),
     ]

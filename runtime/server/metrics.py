@@ -23,6 +23,7 @@ from fleetserve.runtime.wire import (
     METRIC_NUM_REQUESTS_RUNNING,
     METRIC_NUM_REQUESTS_WAITING,
     METRIC_PREFIX,
+    METRIC_REQUEST_SUCCESS,
 )
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -81,7 +82,7 @@ class ServerMetrics:
         self.generation_tokens = Counter(f"{p}generation_tokens", "Tokens generated.", LABELS, registry=reg)
         self.cached_tokens = Counter(f"{p}prompt_tokens_cached", "Prompt tokens served from the prefix cache.",
                                      LABELS, registry=reg)
-        self.request_success = Counter(f"{p}request_success", "Finished requests by finish reason.",
+        self.request_success = Counter(METRIC_REQUEST_SUCCESS, "Finished requests by finish reason.",
                                        (*LABELS, "finished_reason"), registry=reg)
         self.ttft = Histogram(f"{p}time_to_first_token_seconds", "Time from arrival to the first token.",
                               LABELS, buckets=TTFT_BUCKETS, registry=reg)

@@ -1,16 +1,18 @@
 """The autoscaler on the local cluster: the chart's operator scales simulated workers
 (`fleetserve serve --simulate l4-qwen-0.5b`) up under a closed-loop load sent through the router,
-holds the count while the load lasts, and scales back when it ends."""
+holds the count while the load lasts, and scales back when it ends. With `replicas.min: 0` the idle
+service then scales to zero, and a request held by the router brings a replica back to answer it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import httpx
 import kmock
 import pytest
-from cluster import eventually
+from cluster import KINDS, eventually
 from conftest import CHART_VALUES
 
 NAMESPACE = "scale"
@@ -130,3 +132,31 @@ async def test_a_burst_scales_simulated_workers_up_and_back(cluster):
         if p["kind"] == "Pod" and p["metadata"]["name"].startswith("sim-runtime")
     ]
     assert costs and all(cost is not None for cost in costs)  # written before the scale-down
+
+    # min 0: the idle service scales to zero, and a request held by the router brings one replica back
+    prefix, plural, _ = KINDS["InferenceService"]
+    answer = await cluster.request("PATCH", f"{prefix}/namespaces/{NAMESPACE}/{plural}/sim",
+                                   {"spec": {"replicas": {"min": 0}}}, "application/merge-patch+json")
+    assert answer[0] == 200, answer
+    await eventually(lambda: live(cluster, DEPLOYMENTS, "sim-runtime").get("spec", {}).get("replicas") == 0
+                     and not runtime_pods(cluster), 120, "scaled to zero, no runtime pod left")
+    await eventually(lambda: ready(cluster) == ("True", "ScaledToZero"), 60, "Ready=True ScaledToZero")
+    start = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, timeout=STARTUP_SECONDS) as client:
+        reply = await client.post("/v1/completions", json={"model": "sim", "prompt": "Hello", "max_tokens": 8})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["completion_tokens"] == 8
+    print(f"cold start through the router: {time.monotonic() - start:.1f}s")
+    assert desired_history(cluster)[-2:] == [0, 1]
+    assert len(runtime_pods(cluster)) == 1
+    await eventually(lambda: ready(cluster) == ("True", "Ready"), 60, "Ready=True with the new replica")
+
+
+def runtime_pods(cluster) -> list:
+    return [p for p in cluster.kubelet.pods.values() if p.namespace == NAMESPACE and p.name.startswith("sim-runtime")]
+
+
+def ready(cluster) -> tuple[str, str] | None:
+    found = next((c for c in live(cluster, ISVC, "sim").get("status", {}).get("conditions") or []
+                  if c["type"] == "Ready"), None)
+    return (found["status"], found["reason"]) if found else None

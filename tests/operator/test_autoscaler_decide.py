@@ -30,9 +30,10 @@ POLICY = Policy(
 Step = tuple[float, list[tuple[float, float]], int, float]
 
 
-def sample(pods: list[tuple[float, float]], failed: int = 0, held: float = 0.0) -> Sample:
+def sample(pods: list[tuple[float, float]], failed: int = 0, held: float = 0.0,
+           finished: float | None = 0.0, routers: int = 1) -> Sample:
     loads = tuple(PodLoad(f"pod-{i}", running, waiting, C) for i, (running, waiting) in enumerate(pods))
-    return Sample(loads, num_failed=failed, held=held, num_routers=1)
+    return Sample(loads, num_failed=failed, held=held, num_routers=routers, finished=finished)
 
 
 def replay(trace: list[Step], policy: Policy = POLICY, start: int = 1) -> list[int]:
@@ -147,11 +148,52 @@ def test_held_requests_count_as_waiting():
     assert decision.queue_depth == 12
 
 
-def test_held_requests_without_ready_pods_keep_at_least_min():
+def test_held_requests_without_ready_pods_ask_for_what_holds_them():
     policy = Policy(min=2, max=5, target_queue_depth=T, default_max_running=C)
-    decision = decide(sample([], held=30), policy, 1, (), 5.0)
+    decision = decide(sample([], held=9), policy, 1, (), 5.0)  # 9 / 6 -> 2, and min is 2
     assert (decision.replicas, decision.phase, decision.has_data) == (2, "held_without_pods", False)
-    assert decide(sample([], held=30), policy, 4, (), 5.0).replicas == 4  # no more: those pods still start
+    more = decide(sample([], held=30), policy, 2, (), 5.0)  # 30 / 6, before any pod is up
+    assert (more.replicas, "asking for 5" in more.message) == (5, True)
+    assert decide(sample([], held=30), Policy(1, 3, T, default_max_running=C), 2, (), 5.0).replicas == 3  # max
+    kept = decide(sample([], held=3), policy, 4, (), 5.0)  # never down while nothing can be measured
+    assert (kept.replicas, "keeping 4" in kept.message) == (4, True)
+
+
+ZERO = Policy(min=0, max=4, target_queue_depth=T, scale_up_window=0, scale_down_window=30, default_max_running=C)
+
+
+def test_an_idle_service_scales_to_zero_after_a_whole_down_window():
+    # Busy at t=5, then nothing in flight and nothing finished: 0 once t=5 leaves the 30 s window.
+    trace = [(5, [(2, 0)], 0, 0), (10, [(0, 0)], 0, 0), (20, [(0, 0)], 0, 0), (34, [(0, 0)], 0, 0),
+             (35, [(0, 0)], 0, 0)]
+    assert replay(trace, ZERO) == [1, 1, 1, 1, 0]
+    assert replay(trace, POLICY) == [1, 1, 1, 1, 1]  # min 1: never
+
+
+def test_requests_finished_between_samples_keep_the_last_replica():
+    # Short requests never caught in flight: the finished counter shows the service is in use.
+    current, window = 1, (Recommendation(0.0, 1),)
+    for now in range(5, 100, 5):
+        decision = decide(sample([(0, 0)], finished=1), ZERO, current, window, float(now))
+        current, window = decision.replicas, decision.window
+        assert current == 1 and "not idle" in decision.message
+    unknown = decide(sample([(0, 0)], finished=None), ZERO, 1, (), 100.0)  # e.g. a counter not read yet
+    assert unknown.replicas == 1 and "unknown" in unknown.message
+
+
+def test_at_zero_held_requests_start_replicas_at_once():
+    idle = decide(sample([], held=0), ZERO, 0, (Recommendation(0.0, 0),), 50.0)
+    assert (idle.replicas, idle.phase, idle.has_data) == (0, "scaled_to_zero", True)
+    blind = decide(sample([], held=0, routers=0), ZERO, 0, (), 50.0)  # held requests unknown: stay, say so
+    assert (blind.replicas, blind.phase, blind.has_data) == (0, "no_data", False)
+    one = decide(sample([], held=1), ZERO, 0, (Recommendation(45.0, 0),), 50.0)
+    assert (one.replicas, one.phase, one.window) == (1, "scale_from_zero", (Recommendation(50.0, 1),))
+    slow_up = Policy(0, 4, T, scale_up_window=600, scale_down_window=30, default_max_running=C)
+    burst = decide(sample([], held=13), slow_up, 0, (Recommendation(45.0, 0),), 50.0)
+    assert burst.replicas == 3 and burst.queue_depth == 13  # ceil(13 / 6), no up window at zero
+    assert decide(sample([], held=100), ZERO, 0, (), 50.0).replicas == 4  # max
+    # while they start, the held requests keep the count (no pod to measure, nothing scales down)
+    assert replay([(55, [], 0, 13), (60, [], 0, 13)], ZERO, start=3) == [3, 3]
 
 
 def test_pods_without_the_gauge_use_the_policys_cap():

@@ -211,3 +211,31 @@ async def test_an_invalid_spec_stops_scaling_with_a_condition_not_a_crash(operat
     await send(operator, "POST", ISVC_PATH, inference_service(spec=spec))
     await eventually(lambda: scaling(operator) == ("False", "InvalidSpec"))
     assert live(operator, DEPLOYMENTS, "qwen-runtime") is None and "desiredReplicas" not in status(operator)
+
+
+async def test_an_idle_service_scales_to_zero_and_held_requests_bring_it_back(operator, metrics_server):
+    spec = {**SPEC, "replicas": {"min": 0, "max": 3}}
+    _, runtime_port = await metrics_server(runtime_text(running=0, waiting=0))
+    router, router_port = await metrics_server(router_text(held=0))
+    await add_pod(operator, "qwen-runtime-a", "runtime", runtime_port)
+    await add_pod(operator, "qwen-router-a", "router", router_port)
+    await send(operator, "POST", ISVC_PATH, inference_service(spec=spec))
+    await eventually(lambda: runtime_replicas(operator) == 1)  # a new service starts with one replica
+    # idle (nothing in flight, nothing finished since the first sample) and no down window: zero
+    await eventually(lambda: runtime_replicas(operator) == 0)
+    await eventually(lambda: status(operator)["desiredReplicas"] == 0)  # written after the Deployment
+    assert pod_annotation(operator, "qwen-runtime-a") == "0"
+    await send(operator, "DELETE", f"{PODS}/qwen-runtime-a")  # what the ReplicaSet does (kmock runs none)
+    await eventually(lambda: scaling(operator) == ("True", "ScaledToZero"))
+    # the router's Deployment reports a ready replica: the service is Ready while scaled to zero
+    ready = {"status": {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 1}}
+    await send(operator, "PATCH", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/qwen-router/status", ready)
+    await eventually(lambda: (condition(live(operator, ISVC_RESOURCE, "qwen"), "Ready") or {}).get("reason")
+                     == "ScaledToZero")
+    assert condition(live(operator, ISVC_RESOURCE, "qwen"), "Ready")["status"] == "True"
+
+    router.text = router_text(held=13)  # requests arrive: ceil(13 / (4 + 2)) = 3 replicas at once
+    await eventually(lambda: runtime_replicas(operator) == 3)
+    await eventually(lambda: status(operator)["desiredReplicas"] == 3)
+    assert status(operator)["queueDepth"] == 13
+    assert "starting 3 replicas" in condition(live(operator, ISVC_RESOURCE, "qwen"), "ScalingActive")["message"]

@@ -11,7 +11,9 @@ from prometheus_client import generate_latest
 from fleetserve.operator.autoscaler.scrape import (
     RUNTIME_METRICS,
     RUNTIME_REQUIRED,
+    Scraped,
     ScrapeError,
+    finished_since,
     metrics_url,
     parse_metrics,
     scrape_pods,
@@ -45,6 +47,31 @@ def test_the_runtime_exports_its_batch_cap_and_the_autoscaler_reads_it():
         wire.METRIC_NUM_REQUESTS_WAITING: 5,
         wire.METRIC_MAX_RUNNING_REQUESTS: 8,
     }
+
+
+def test_finished_requests_are_read_from_the_runtimes_counter():
+    metrics = ServerMetrics("qwen", lambda: STATS, 8)
+    assert wire.METRIC_REQUEST_SUCCESS_TOTAL not in parse_metrics(
+        generate_latest(metrics.registry).decode(), RUNTIME_METRICS)  # none finished: no series at all
+    metrics.request_success.labels("qwen", "stop").inc(3)
+    metrics.request_success.labels("qwen", "length").inc(2)
+    values = parse_metrics(generate_latest(metrics.registry).decode(), RUNTIME_METRICS)
+    assert values[wire.METRIC_REQUEST_SUCCESS_TOTAL] == 5  # summed over finish reasons
+
+
+def test_finished_since_the_last_sample_per_pod():
+    def read(**totals: float | None) -> list[Scraped]:
+        return [Scraped(name, None if total is None else
+                        ({} if total < 0 else {wire.METRIC_REQUEST_SUCCESS_TOTAL: total}))
+                for name, total in totals.items()]
+
+    assert finished_since({}, read(a=7)) == (None, {"a": 7})  # first sight: unknown
+    assert finished_since({"a": 7}, read(a=7)) == (0, {"a": 7})
+    assert finished_since({"a": 7, "b": 1}, read(a=9, b=4)) == (5, {"a": 9, "b": 4})
+    assert finished_since({"a": 7}, read(a=2)) == (2, {"a": 2})  # restarted: its counter began again
+    assert finished_since({"a": 0}, read(a=-1)) == (0, {"a": 0})  # nothing finished yet: no series, 0
+    assert finished_since({"a": 3}, read(a=3, b=None)) == (0, {"a": 3})  # b failed: decide sees num_failed
+    assert finished_since({"a": 3}, read(a=3, c=0)) == (None, {"a": 3, "c": 0})  # c is new
 
 
 def test_without_a_cap_there_is_no_gauge_and_the_pod_has_no_cap():

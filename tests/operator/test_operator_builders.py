@@ -172,7 +172,10 @@ def test_router_discovers_runtime_pods_with_read_only_rights_in_its_namespace():
     assert pod["serviceAccountName"] == "qwen-router"
     assert pod["containers"][0]["args"] == ["router", "--host", "0.0.0.0", "--port", str(wire.ROUTER_PORT),
                                             "--k8s-service", "qwen-runtime", "--k8s-namespace", "ml",
-                                            "--policy", "least_load"]
+                                            "--policy", "least_load", "--max-hold-secs", "300"]
+    held = by_kind({**GPU_INGRESS, "router": {**GPU_INGRESS.get("router", {}), "maxHoldSeconds": 0}})
+    assert held[("Deployment", "qwen-router")]["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == [
+        "--max-hold-secs", "0"]  # 0: the router answers 503 at once while no runtime pod is ready
     rules = children[("Role", "qwen-router")]["rules"]
     assert rules == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},

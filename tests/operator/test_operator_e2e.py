@@ -61,8 +61,8 @@ async def test_create_makes_every_child_owned_by_the_service(operator):
     assert args[args.index("--served-model-name") + 1] == "Qwen2.5-0.5B-Instruct"
     router = live(operator, DEPLOYMENTS, "qwen-router")["spec"]["template"]["spec"]
     assert router["serviceAccountName"] == "qwen-router"
-    assert router["containers"][0]["args"][-6:] == ["--k8s-service", "qwen-runtime", "--k8s-namespace", "ml",
-                                                    "--policy", "cache_aware"]
+    assert router["containers"][0]["args"][-8:] == ["--k8s-service", "qwen-runtime", "--k8s-namespace", "ml",
+                                                    "--policy", "cache_aware", "--max-hold-secs", "300"]
     assert live(operator, "v1/services", "qwen-runtime")["spec"]["clusterIP"] == "None"
     assert await eventually(lambda: condition_is(operator, "Ready", "False", "RuntimeNotReady"))
     status = live(operator, ISVC_RESOURCE, "qwen")["status"]

@@ -67,6 +67,14 @@ def test_scaled_to_zero_is_not_ready_but_complete():
     assert summary(states)["Progressing"] == ("False", "RolloutComplete")
 
 
+def test_scaled_to_zero_by_the_autoscaler_is_ready_while_a_router_holds_requests():
+    idle = healthy_conditions(Observed(deployment(), deployment(1, 1, 1)), desired=0, autoscaled=True)
+    assert summary(idle)["Ready"] == ("True", "ScaledToZero")
+    assert "router" in idle[0].message and summary(idle)["Progressing"] == ("False", "RolloutComplete")
+    no_router = healthy_conditions(Observed(deployment(), deployment(1, 0, 1)), desired=0, autoscaled=True)
+    assert summary(no_router)["Ready"] == ("False", "RouterNotReady")  # nobody holds the requests
+
+
 def test_transition_time_moves_only_when_status_changes():
     first = merge_conditions([], [ConditionState("Ready", "False", "RuntimeNotReady")], 1, "t1")
     same = merge_conditions(first, [ConditionState("Ready", "False", "StillLoading", "m")], 2, "t2")
