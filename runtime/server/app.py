@@ -87,6 +87,8 @@ def build_app(state: ServerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await state.engine.start()
+        if state.settings.lora_paths_file:  # before uvicorn binds its socket: not ready until they are in
+            await lora.load_startup_adapters(state, lora.read_adapters_file(state.settings.lora_paths_file))
         try:
             yield
         finally:

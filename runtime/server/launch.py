@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="serve PEFT LoRA adapters (implied by --lora-paths); load more with POST /load_lora_adapter")
     lora.add_argument("--lora-paths", nargs="*", default=[], metavar="NAME=PATH",
                       help="adapters loaded at start: NAME=PATH (local PEFT dir or hub id); a bare PATH is its own name")
+    lora.add_argument("--lora-paths-file", metavar="FILE",
+                      help="JSON list of {lora_name, lora_path, pinned} loaded at start, before the server listens "
+                           "(implies --enable-lora; a missing file is an empty list; a failed load is logged and "
+                           "skipped)")
     lora.add_argument("--max-loras-per-batch", type=int, default=8, help="device slots: distinct adapters in one step")
     lora.add_argument("--max-loaded-loras", type=int, help="adapters held on the host at once (default: no limit)")
     lora.add_argument("--max-lora-rank", type=int,
@@ -110,7 +114,7 @@ def engine_config(args: argparse.Namespace, model_path: str) -> Any:
         enable_prefix_caching=not args.disable_radix_cache,
         attention_backend=args.attention_backend,
         warm_up=not args.skip_server_warmup and args.simulate is None,
-        enable_lora=args.enable_lora or bool(args.lora_paths),
+        enable_lora=args.enable_lora or bool(args.lora_paths) or bool(args.lora_paths_file),
         lora_paths=lora_paths(args.lora_paths),
         max_loras_per_batch=args.max_loras_per_batch,
         max_loaded_loras=args.max_loaded_loras,
@@ -138,6 +142,7 @@ def server_settings(args: argparse.Namespace, model_path: str) -> Any:
         max_queued_requests=args.max_queued_requests,
         server_args={**server_args, "model_path": model_path},
         simulation=simulation_info(args),
+        lora_paths_file=args.lora_paths_file,
     )
 
 
@@ -200,6 +205,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--simulate-time-scale must be positive")
     try:
         lora_paths(args.lora_paths)
+        if args.lora_paths_file:
+            from fleetserve.runtime.server.serving_lora import read_adapters_file
+
+            read_adapters_file(args.lora_paths_file)  # a malformed file stops the start with its reason
     except ValueError as exc:
         parser.error(str(exc))
 

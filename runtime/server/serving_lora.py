@@ -3,6 +3,11 @@
     POST /load_lora_adapter    {"lora_name": "sql", "lora_path": "/adapters/sql" | "org/sql-lora", "pinned": false}
     POST /unload_lora_adapter  {"lora_name": "sql"}
 
+`--lora-paths-file FILE` names a JSON list of load bodies ({"lora_name", "lora_path", "pinned"}) loaded
+at start-up, after the engine and before the server listens, so a readiness probe passes only once
+they are in (the operator writes this file from spec.adapters into a ConfigMap). A missing file is an
+empty list; an adapter that fails to load is logged and skipped, and the server starts without it.
+
 Loading a name that is loaded replaces it: requests already running finish on the old weights, new
 ones get the new weights and never the old weights' prefix cache. Unloading refuses new requests for
 the adapter at once and lets those in flight finish. A missing or malformed adapter, a rank above
@@ -11,14 +16,16 @@ the adapter at once and lets those in flight finish. A missing or malformed adap
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from fleetserve.runtime.engine.lora.adapter import AdapterError, AdapterNotFoundError
-from fleetserve.runtime.server.errors import bad_request, not_found
+from fleetserve.runtime.server.errors import APIError, bad_request, not_found
 from fleetserve.runtime.server.state import ServerState, get_state
 from fleetserve.runtime.wire import PATH_LOAD_LORA, PATH_UNLOAD_LORA
 
@@ -47,6 +54,35 @@ class LoRAAdapterResponse(BaseModel):
     success: bool
     error_message: str
     loaded_adapters: dict[str, str] = Field(description="name -> path of every adapter loaded now")
+
+
+def read_adapters_file(path: str | Path) -> list[LoadLoRAAdapterRequest]:
+    """The adapters of a --lora-paths-file; [] when it does not exist. ValueError says what is wrong."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    try:
+        entries = TypeAdapter(list[LoadLoRAAdapterRequest]).validate_python(json.loads(text))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ValueError(f"--lora-paths-file {path}: not a JSON list of {{\"lora_name\", \"lora_path\"}} "
+                         f"objects: {exc}") from exc
+    names = [entry.lora_name for entry in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--lora-paths-file {path}: an adapter name appears twice: {names}")
+    return entries
+
+
+async def load_startup_adapters(state: ServerState, entries: list[LoadLoRAAdapterRequest]) -> None:
+    """Loads each adapter in turn; one that fails is logged and skipped (its loader will retry it)."""
+    for entry in entries:
+        try:
+            _check_name(state, entry.lora_name)
+            await state.engine.load_lora_adapter(entry.lora_name, entry.lora_path, entry.pinned)
+        except (AdapterError, APIError) as exc:
+            logger.warning("LoRA adapter %s from --lora-paths-file not loaded: %s", entry.lora_name, exc)
+        else:
+            logger.info("LoRA adapter %s loaded from %s", entry.lora_name, entry.lora_path)
 
 
 def _check_name(state: ServerState, name: str) -> None:

@@ -57,6 +57,7 @@ class ServerSettings:
     max_queued_requests: int | None = None
     server_args: dict[str, Any] = field(default_factory=dict)  # the command line, for /get_server_info
     simulation: dict[str, Any] | None = None  # the worker simulator's profile (--simulate); None: a real model
+    lora_paths_file: str | None = None  # adapters loaded at start-up, before the server listens (serving_lora)
 
     def __post_init__(self) -> None:
         if not self.served_model_names:

@@ -203,3 +203,31 @@ def test_metrics_per_adapter(server):
     assert f'fleetserve:lora_loaded_adapters{{lora_name="qv4",model_name="{BASE}"}} 1.0' in text
     assert 'fleetserve:lora_requests_info{max_lora="2"' in text
     assert "fleetserve:lora_num_requests_running" in text
+
+
+def test_adapters_file_is_loaded_before_the_server_listens(setup, tmp_path):
+    """--lora-paths-file: /health answers only once the listed adapters are in; bad entries are skipped."""
+    base, adapters, _, tokenizer, prompts, expected = setup
+    listed = tmp_path / "adapters.json"
+    listed.write_text(json.dumps([
+        {"lora_name": "all16", "lora_path": str(adapters["all16"])},
+        {"lora_name": "gone", "lora_path": str(tmp_path / "missing")},  # fails: logged, skipped
+        {"lora_name": BASE, "lora_path": str(adapters["qv4"])},  # the served name: refused, skipped
+        {"lora_name": "ko2", "lora_path": str(adapters["ko2"]), "pinned": True},
+    ]))
+    proc = start_server([
+        "--model-path", str(base), "--served-model-name", BASE, "--dtype", "float32", "--device", "cpu",
+        "--page-size", "4", "--kv-cache-memory-gb", "0.02", "--skip-server-warmup",
+        "--lora-paths-file", str(listed), "--max-lora-rank", "16",
+    ], tmp_path / "serve.log")
+    try:
+        client = OpenAI(base_url=proc.base_url, api_key="none", max_retries=0)
+        assert {m.id for m in client.models.list().data} == {BASE, "all16", "ko2"}  # the first answer after /health
+        for name in ("all16", "ko2"):
+            got = complete(client, prompts[0], f"{BASE}:{name}").choices[0].text
+            assert got == decode(tokenizer, expected[(name, 0)])
+    finally:
+        assert proc.stop() in (0, 130), proc.log()
+    log = proc.log()
+    assert "gone from --lora-paths-file not loaded" in log and "neither an adapter directory" in log
+    assert f"{BASE} from --lora-paths-file not loaded" in log and "Traceback" not in log

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fleetserve.runtime.server.chat_template import load_chat_template
-from fleetserve.runtime.server.launch import build_parser, engine_config, server_settings
+from fleetserve.runtime.server.launch import build_parser, check_args, engine_config, server_settings
+from fleetserve.runtime.server.serving_lora import read_adapters_file
 
 
 def parse(*argv: str):
@@ -75,3 +76,24 @@ def test_a_model_that_cannot_load_exits_1_with_a_message_not_a_traceback(tmp_pat
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "fleetserve serve: error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_lora_paths_file_implies_lora_and_reaches_the_settings(tmp_path) -> None:
+    listed = tmp_path / "adapters.json"
+    listed.write_text('[{"lora_name": "sql", "lora_path": "org/sql-lora"}, {"lora_name": "chat", '
+                      '"lora_path": "/mnt/adapters/c/chat", "pinned": true}]')
+    args = parse("--lora-paths-file", str(listed))
+    check_args(build_parser(), args)
+    assert engine_config(args, "/m").enable_lora and server_settings(args, "/m").lora_paths_file == str(listed)
+    check_args(build_parser(), parse("--lora-paths-file", str(tmp_path / "absent.json")))  # absent: none
+
+    for text, reason in [("{not json", "not a JSON list"), ('{"lora_name": "a"}', "not a JSON list"),
+                         ('[{"lora_name": "a"}]', "lora_path"),
+                         ('[{"lora_name": "a", "lora_path": "x"}, {"lora_name": "a", "lora_path": "y"}]',
+                          "appears twice")]:
+        listed.write_text(text)
+        parser = build_parser()
+        with pytest.raises(SystemExit):
+            check_args(parser, parse("--lora-paths-file", str(listed)))
+        with pytest.raises(ValueError, match=reason):
+            read_adapters_file(listed)
