@@ -26,6 +26,9 @@ CACHE_MOUNT_PATH = "/var/cache/fleetserve"
 SHM_MOUNT_PATH = "/dev/shm"
 # pvc:// adapters: each claim the spec's adapters name is mounted read-only at ADAPTER_MOUNT_PATH/CLAIM.
 ADAPTER_MOUNT_PATH = "/mnt/adapters"
+# The spec's adapters as `fleetserve serve --lora-paths-file` reads them (manifests/adapter_list.py).
+ADAPTER_LIST_MOUNT_PATH = "/etc/fleetserve/adapters"
+ADAPTER_LIST_FILE = "adapters.json"
 HF_HOME = f"{CACHE_MOUNT_PATH}/huggingface"
 
 # Environment variable names the runtime reads.

@@ -37,6 +37,7 @@ PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Pod": "pods",
     "Secret": "secrets",
+    "ConfigMap": "configmaps",
     names.KIND: names.PLURAL,
 }
 

@@ -64,6 +64,11 @@ def ingress_name(name: str) -> str:
     return name
 
 
+def adapter_list_name(name: str) -> str:
+    """The ConfigMap of adapters the runtime pods load at start (a ConfigMap name may be 253 long)."""
+    return f"{name}-adapters"
+
+
 def selector_labels(name: str, component: Component) -> dict[str, str]:
     """Labels that select one component's pods; immutable once a Deployment exists."""
     return {wire.LABEL_SERVICE: name, wire.LABEL_COMPONENT: component}

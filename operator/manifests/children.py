@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleetserve.operator import defaults, names
+from fleetserve.operator.manifests.adapter_list import build_adapter_list
 from fleetserve.operator.manifests.disruption import build_disruption_budget
 from fleetserve.operator.manifests.ingress import build_ingress, ingress_url
 from fleetserve.operator.manifests.meta import Manifest, Owner
@@ -44,6 +45,7 @@ def build_children(owner: Owner, spec: InferenceServiceSpec, image: str, replica
         build_router_role(owner),
         build_router_role_binding(owner),
         build_runtime_service(owner),
+        *([build_adapter_list(owner, spec)] if spec.adapters else []),  # before the pods that mount it
         build_runtime_deployment(owner, spec, image, replicas),
         build_router_service(owner),
         build_router_deployment(owner, spec, image),
@@ -60,6 +62,7 @@ def optional_children(owner: Owner, spec: InferenceServiceSpec) -> list[tuple[st
     return [
         ("networking.k8s.io/v1", "Ingress", names.ingress_name(owner.name), spec.ingress is not None),
         ("policy/v1", "PodDisruptionBudget", names.runtime_name(owner.name), spec.disruption_budget is not None),
+        ("v1", "ConfigMap", names.adapter_list_name(owner.name), bool(spec.adapters)),
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fleetserve.operator import defaults, names
+from fleetserve.operator.manifests.adapter_list import adapter_list_path, adapter_list_volume
 from fleetserve.operator.manifests.meta import Manifest, Owner, object_meta, quantities
 from fleetserve.operator.manifests.pod import (
     PORT_NAME,
@@ -56,8 +57,8 @@ def serve_args(spec: InferenceServiceSpec) -> list[str]:
     args += [item for flag, value in optional if value is not None for item in (flag, str(value))]
     if runtime.enable_cache_report:
         args.append("--enable-cache-report")
-    if spec.adapters:
-        args.append("--enable-lora")  # the adapter rollout (operator/adapters/) loads them over HTTP
+    if spec.adapters:  # loaded at start from the ConfigMap, then kept in step by the adapter rollout
+        args += ["--enable-lora", "--lora-paths-file", adapter_list_path()]
     return args + runtime.args
 
 
@@ -100,8 +101,17 @@ def probes(runtime: Runtime) -> dict[str, Any]:
     }
 
 
-def runtime_container(spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
-    _, mounts = runtime_volumes(spec)
+def pod_volumes(owner: Owner, spec: InferenceServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """runtime_volumes, plus the adapter list when there are adapters."""
+    volumes, mounts = runtime_volumes(spec)
+    if spec.adapters:
+        volume, mount = adapter_list_volume(owner.name)
+        volumes, mounts = [*volumes, volume], [*mounts, mount]
+    return volumes, mounts
+
+
+def runtime_container(owner: Owner, spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
+    _, mounts = pod_volumes(owner, spec)
     return {
         "name": CONTAINER,
         "image": spec.runtime.image or image,
@@ -117,9 +127,9 @@ def runtime_container(spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
 
 
 def runtime_pod_spec(owner: Owner, spec: InferenceServiceSpec, image: str) -> dict[str, Any]:
-    volumes, _ = runtime_volumes(spec)
+    volumes, _ = pod_volumes(owner, spec)
     return {
-        "containers": [runtime_container(spec, image)],
+        "containers": [runtime_container(owner, spec, image)],
         "volumes": volumes,
         "securityContext": pod_security(),
         "terminationGracePeriodSeconds": spec.runtime.termination_grace_period_seconds,

@@ -81,8 +81,6 @@ async def load_startup_adapters(state: ServerState, entries: list[LoadLoRAAdapte
             await state.engine.load_lora_adapter(entry.lora_name, entry.lora_path, entry.pinned)
         except (AdapterError, APIError) as exc:
             logger.warning("LoRA adapter %s from --lora-paths-file not loaded: %s", entry.lora_name, exc)
-        else:
-            logger.info("LoRA adapter %s loaded from %s", entry.lora_name, entry.lora_path)
 
 
 def _check_name(state: ServerState, name: str) -> None:

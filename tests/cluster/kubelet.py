@@ -16,7 +16,8 @@ It is a test tool, not Kubernetes. What it does, and what stands in for what:
   pod IP, every container port stays the same, and ``0.0.0.0`` in a container's
   arguments is replaced by the pod IP (a pod's wildcard bind is its own address).
 - Volumes: every volume is a local directory (emptyDir: per pod; persistentVolumeClaim and hostPath:
-  shared by name); mount paths in arguments and environment values are rewritten to them.
+  shared by name; configMap: its keys written as files when the container starts); mount paths in
+  arguments and environment values are rewritten to them.
 - Service accounts: a pod running as a ServiceAccount gets ``KUBECONFIG`` pointing at this API server
   with a token, instead of the files under /var/run/secrets (there is no in-cluster DNS or
   KUBERNETES_SERVICE_HOST either).
@@ -44,6 +45,7 @@ import logging
 import math
 import os
 import secrets
+import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -358,6 +360,8 @@ class Kubelet:
                 local = self.workdir / "pvc" / pod.namespace / volume["persistentVolumeClaim"]["claimName"]
             elif "hostPath" in volume:
                 local = self.workdir / "host" / volume["hostPath"]["path"].strip("/")
+            elif "configMap" in volume:
+                local = self._config_map_files(pod, mount["name"], volume["configMap"])
             else:
                 local = pod.directory / "volumes" / mount["name"]
             if mount.get("subPath"):
@@ -365,6 +369,18 @@ class Kubelet:
             local.mkdir(parents=True, exist_ok=True)
             result[mount["mountPath"].rstrip("/") or "/"] = local
         return result
+
+    def _config_map_files(self, pod: Pod, name: str, source: dict[str, Any]) -> Path:
+        """The ConfigMap's keys as files, written each time the container starts. Not modelled: the
+        kubelet's later updates of the files, and a missing ConfigMap that is not ``optional`` keeping
+        the container from starting (here it is an empty directory either way)."""
+        local = pod.directory / "volumes" / name
+        shutil.rmtree(local, ignore_errors=True)
+        local.mkdir(parents=True)
+        config_map = self.api.live("v1/configmaps", pod.namespace, source["name"]) or {}
+        for key, text in (config_map.get("data") or {}).items():
+            (local / key).write_text(text)
+        return local
 
     def _localize(self, value: str, pod: Pod, mounts: dict[str, Path]) -> str:
         """The pod IP for 0.0.0.0; a local directory for a mount path (whole value or after '=')."""

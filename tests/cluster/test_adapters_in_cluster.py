@@ -1,7 +1,7 @@
 """LoRA adapters on the local cluster: `spec.adapters` → the chart's operator loads them on the real
 runtime pod → the router sends `model: "demo:NAME"` there → the answer equals PEFT's on the same base
 and adapter. Then a changed source replaces the weights, a removed adapter stops being served, and a
-crashed runtime container gets its adapter back when it restarts.
+crashed runtime container has its adapter again from its first request after the restart.
 
 The adapters are `hf://` repositories. No hub is reachable here, so each one is written into a hub
 cache in the layout huggingface_hub keeps (`models--ORG--NAME/refs/main` and `snapshots/REVISION/`),
@@ -145,9 +145,13 @@ async def test_spec_adapters_are_served_through_the_router_as_peft_computes_them
         await answers(client, "demo:chat", prompt)
     assert "chat" in str(refused.value)
 
-    # the runtime container crashes: the kubelet restarts it and the operator loads sql on it again
+    # the runtime container crashes and the kubelet restarts it: the new process loads sql from the
+    # adapter list (the operator's ConfigMap) before it listens, so it has sql from its first request on
     (pod,) = [p for p in cluster.kubelet.pods.values() if p.namespace == NAMESPACE and "-runtime-" in p.name]
     pod.process.kill()
-    await eventually(lambda: pod.restarts == 1, CHANGE_SECONDS, "the runtime container restarted")
-    await until_answer(client, "demo:sql", prompt, expected["qv4"], STARTUP_SECONDS)
+    await eventually(lambda: pod.restarts == 1 and pod.ready, STARTUP_SECONDS, "the restarted container ready")
+    assert await answers(client, "demo:sql", prompt) == expected["qv4"]  # held by the router until it polls
     await eventually(lambda: adapters_ready(cluster, {"sql"}), CHANGE_SECONDS, "sql ready again after the restart")
+    restarted = (pod.directory / "container.log").read_text().rsplit("KV cache:", 1)[1]  # the last process
+    loaded = restarted.index("LoRA adapter sql loaded from fleetserve-tests/qv4-lora")
+    assert loaded < restarted.index("listening on")  # before it listened

@@ -3,6 +3,8 @@ validated against Kubernetes' schemas; what changes the pod template and what do
 
 from __future__ import annotations
 
+import json
+
 import kubernetes_validate
 
 from fleetserve.operator import defaults
@@ -11,6 +13,7 @@ from fleetserve.operator.manifests.children import build_children
 from fleetserve.operator.manifests.meta import Owner
 from fleetserve.operator.manifests.runtime import build_runtime_deployment
 from fleetserve.operator.spec import InferenceServiceSpec
+from fleetserve.runtime.server.serving_lora import read_adapters_file
 
 K8S_VERSION = "1.30"
 OWNER = Owner(name="qwen", namespace="ml", uid="uid-1")
@@ -89,3 +92,35 @@ def test_adapters_on_mounted_claims_or_the_hub_leave_the_pod_template_alone():
     assert template(HUB_MODEL, ADAPTERS[:2]) != base  # a new claim: a rollout
     assert template(HUB_MODEL, []) != template(HUB_MODEL, ADAPTERS[3:])  # --enable-lora
     assert claim_volumes(template(HUB_MODEL, ADAPTERS[3:])["spec"]) == {}
+
+
+def test_the_adapter_list_is_a_configmap_the_pods_read_at_start(tmp_path):
+    spec = InferenceServiceSpec.model_validate({"model": HUB_MODEL, "adapters": ADAPTERS})
+    children = build_children(OWNER, spec, IMAGE, 2)
+    kinds = [c["kind"] for c in children]
+    assert kinds.index("ConfigMap") < kinds.index("Deployment")  # there before the pods that mount it
+    (config_map,) = [c for c in children if c["kind"] == "ConfigMap"]
+    assert config_map["metadata"]["name"] == "qwen-adapters"
+    assert config_map["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    listed = json.loads(config_map["data"][defaults.ADAPTER_LIST_FILE])
+    assert listed == [{"lora_name": a["name"], "lora_path": lora_path(a["source"])} for a in ADAPTERS]
+    mounted = tmp_path / defaults.ADAPTER_LIST_FILE
+    mounted.write_text(config_map["data"][defaults.ADAPTER_LIST_FILE])
+    assert [(e.lora_name, e.lora_path) for e in read_adapters_file(mounted)] == [
+        (a["name"], lora_path(a["source"])) for a in ADAPTERS]  # what `fleetserve serve` makes of it
+
+    pod = template(HUB_MODEL, ADAPTERS)["spec"]
+    (container,) = pod["containers"]
+    volume = next(v for v in pod["volumes"] if "configMap" in v)
+    assert volume["configMap"] == {"name": "qwen-adapters", "optional": True}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    assert mount == {"name": volume["name"], "mountPath": defaults.ADAPTER_LIST_MOUNT_PATH, "readOnly": True}
+    at = container["args"].index("--lora-paths-file")
+    assert container["args"][at + 1] == f"{defaults.ADAPTER_LIST_MOUNT_PATH}/{defaults.ADAPTER_LIST_FILE}"
+
+    none = build_children(OWNER, InferenceServiceSpec.model_validate({"model": HUB_MODEL}), IMAGE, 2)
+    assert "ConfigMap" not in [c["kind"] for c in none]
+    bare = template(HUB_MODEL, [])["spec"]
+    assert not [v for v in bare.get("volumes", []) if "configMap" in v]
+    assert "--lora-paths-file" not in bare["containers"][0]["args"]
+

@@ -8,6 +8,7 @@ the deletions it asks for, and the status it writes.
 from __future__ import annotations
 
 import asyncio
+import json
 
 from operator_helpers import (
     ISVC_PATH,
@@ -116,6 +117,22 @@ async def test_ingress_is_created_and_removed_with_the_spec(operator):
     assert live(operator, ISVC_RESOURCE, "qwen")["status"]["url"] == "https://llm.example.com"
     await send(operator, "PATCH", isvc_path(), {"metadata": {"generation": 2}, "spec": {"ingress": None}})
     await eventually(lambda: live(operator, INGRESSES, "qwen") is None)  # only a DELETE removes it in kmock
+
+
+async def test_the_adapter_list_follows_the_spec_without_a_rollout(operator):
+    spec = {"model": {"source": "hf://Qwen/Qwen3-8B"}, "adapters": [{"name": "sql", "source": "hf://org/sql"}]}
+    await send(operator, "POST", ISVC_PATH, inference_service(spec=spec))
+    listed = await eventually(lambda: live(operator, "v1/configmaps", "qwen-adapters"))
+    assert json.loads(listed["data"]["adapters.json"]) == [{"lora_name": "sql", "lora_path": "org/sql"}]
+    template = (await eventually(lambda: live(operator, DEPLOYMENTS, "qwen-runtime")))["spec"]["template"]
+    change = [{"name": "sql", "source": "hf://org/sql-v2"}, {"name": "chat", "source": "hf://org/chat"}]
+    await send(operator, "PATCH", isvc_path(), {"metadata": {"generation": 2}, "spec": {"adapters": change}})
+    await eventually(lambda: json.loads(live(operator, "v1/configmaps", "qwen-adapters")["data"]["adapters.json"])
+                     == [{"lora_name": "sql", "lora_path": "org/sql-v2"}, {"lora_name": "chat", "lora_path": "org/chat"}])
+    assert live(operator, DEPLOYMENTS, "qwen-runtime")["spec"]["template"] == template  # no rollout
+    await send(operator, "PATCH", isvc_path(), {"metadata": {"generation": 3}, "spec": {"adapters": []}})
+    await eventually(lambda: live(operator, "v1/configmaps", "qwen-adapters") is None)
+    await eventually(lambda: "--lora-paths-file" not in runtime_args(operator))  # no adapters: a rollout
 
 
 async def test_bad_spec_sets_a_condition_and_creates_nothing(operator):

@@ -103,7 +103,7 @@ def test_disruption_budget_is_built_when_asked_and_removed_otherwise():
     assert pdb["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
     assert not [c for c in build_children(OWNER, spec_of(MINIMAL), IMAGE, 2) if c["kind"] == "PodDisruptionBudget"]
     wanted = {kind: want for _, kind, _, want in optional_children(OWNER, spec_of(MINIMAL))}
-    assert wanted == {"Ingress": False, "PodDisruptionBudget": False}
+    assert wanted == {"Ingress": False, "PodDisruptionBudget": False, "ConfigMap": False}
 
 
 def test_an_unset_disruption_budget_gets_no_crd_default():
