@@ -72,8 +72,9 @@ def _is_union_tag(part: object) -> bool:
 
 
 def _format_loc(loc: tuple) -> str:
-    # ("body", "messages", 0, "role") -> "messages.0.role"; drop pydantic's union-branch labels.
-    parts = loc[1:] if loc[:1] == ("body",) else loc
+    # ("body", "messages", 0, "role") -> "messages.0.role", ("query", "after") -> "after"; drop
+    # pydantic's union-branch labels.
+    parts = loc[1:] if loc[:1] in (("body",), ("query",), ("path",)) else loc
     return ".".join(str(p) for p in parts if not _is_union_tag(p))
 
 

@@ -15,7 +15,6 @@ from typing import Any
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse
 
-from fleetserve.runtime.server.errors import bad_request
 from fleetserve.runtime.server.state import ServerState, get_state
 from fleetserve.runtime.wire import BLOCK_HASH_SCHEME, hash_hex
 
@@ -67,13 +66,16 @@ async def routing_info(request: Request) -> JSONResponse:
     return JSONResponse(info)
 
 
+# Digits only: a lax integer would also take "0.0" or "1e3", which no client means as an event number.
+EVENT_NUMBER = r"^[0-9]{1,18}$"
+
+
 async def cache_state(request: Request, epoch: str | None = Query(None, max_length=64),
-                      after: int | None = Query(None)) -> JSONResponse:
+                      after: str | None = Query(None, pattern=EVENT_NUMBER,
+                                                description="a non-negative event number")) -> JSONResponse:
     """The blocks cached now (`snapshot`) or the changes after event `after` of `epoch`."""
     state = get_state(request)
-    if after is not None and after < 0:
-        raise bad_request("after must be a non-negative event number", "after")
-    cache = state.engine.cache_state(epoch, after)
+    cache = state.engine.cache_state(epoch, None if after is None else int(after))
     stats = state.engine.stats()
     return JSONResponse({
         "epoch": cache.epoch,

@@ -88,7 +88,10 @@ def test_published_hashes_are_the_chain_of_the_prompt_the_server_computed(client
 def test_cache_state_rejects_a_negative_event_number(client: TestClient):
     response = client.get("/cache_state", params={"after": -1})
     assert response.status_code == 400 and response.json()["param"] == "after"
-    assert client.get("/cache_state", params={"after": "x"}).status_code == 400
+    for bad in ("x", "0.0", "1e3", " 1"):
+        response = client.get("/cache_state", params={"after": bad})
+        assert response.status_code == 400 and response.json()["param"] == "after", bad
+    assert client.get("/cache_state", params={"after": "0"}).status_code == 200
 
 
 def test_responses_carry_the_system_fingerprint(client: TestClient):

@@ -21,7 +21,9 @@ app = build_app(ServerState.build(engine, ServerSettings(model_path="fake-model"
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
+# derandomize: the same examples on every run, so that CI passes or fails on the code, not on the draw (a
+# random run found `?after=0.0` accepted by /cache_state; test_server_routing.py checks that case now).
 @schema.parametrize()
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_server_errors_and_responses_match_the_schema(case: schemathesis.Case) -> None:
     case.call_and_validate(excluded_checks=[checks.positive_data_acceptance])
