@@ -194,7 +194,7 @@ def _condition(
 ) -> tuple[bool, str, str]:
     unload_errors = [o for o in outcomes if o.action.kind == "unload" and o.error]
     if wanted and not pods:
-        return False, NO_READY_PODS, "no runtime pod is ready; each pod gets the adapters once it is"
+        return False, NO_READY_PODS, "no runtime pod is ready; a pod loads the adapters before it turns ready"
     paths = {w.name: w.path for w in wanted}
     load_errors = sorted(
         (pod, name, failure.message)
