@@ -79,7 +79,7 @@ class Router:
             self.watch.start()
             logger.info("discovering workers from the EndpointSlices of %s/%s", namespace, cfg.k8s_service)
         else:
-            self.workers.sync(dict.fromkeys(cfg.worker_urls, True))
+            self.workers.sync(dict.fromkeys(cfg.worker_urls, "ready"))
 
     async def stop(self) -> None:
         if self.watch is not None:

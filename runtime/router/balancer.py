@@ -70,19 +70,25 @@ class Balancer:
     clock: Callable[[], float] = time.monotonic
     on_release: Callable[[WorkerState], None] | None = None
 
-    def candidates(self, adapter: str | None, exclude: Collection[str] = ()) -> list[WorkerState]:
-        ready = [w for w in self.workers.routable() if w.url not in exclude]
+    def candidates(self, adapter: str | None, exclude: Collection[str] = (), room_only: bool = False) -> list[WorkerState]:
+        ready = [w for w in self.workers.routable() if w.url not in exclude and (w.has_room or not room_only)]
         if adapter is not None:
             ready = [w for w in ready if adapter in w.adapters]
         return sorted(ready, key=lambda w: w.url)
+
+    def has_room(self, adapter: str | None) -> bool:
+        """A routable worker (with the adapter) runs fewer requests than its batch cap."""
+        return bool(self.candidates(adapter, room_only=True))
 
     def why_none(self, adapter: str | None) -> NoWorker:
         routable = self.workers.routable()
         return NoWorker(not routable, bool(routable) and adapter is not None
                         and not any(adapter in w.adapters for w in routable))
 
-    def select(self, key: RequestKey, exclude: Collection[str] = ()) -> Selection | None:
-        workers = self.candidates(key.adapter, exclude)
+    def select(self, key: RequestKey, exclude: Collection[str] = (), room_only: bool = False) -> Selection | None:
+        """The policy's pick among the routable workers with the key's adapter, not in ``exclude``, and
+        with ``room_only`` only among those below their batch cap; None if there is none."""
+        workers = self.candidates(key.adapter, exclude, room_only)
         if not workers:
             return None
         cands = [candidate_of(w, key) for w in workers]
@@ -93,4 +99,9 @@ class Balancer:
         worker.pending_prefill_tokens += pending
         if self.predict and key.block_hashes:
             worker.cache.predict(key.block_hashes, self.clock())
-        return Selection(worker, choice.reason, cand.matched_tokens, pending, on_release=self.on_release)
+        return Selection(worker, choice.reason, cand.matched_tokens, pending, on_release=self._released)
+
+    def _released(self, worker: WorkerState) -> None:
+        if self.on_release:
+            self.on_release(worker)
+        self.workers.notify()  # a batch slot is free: requests waiting for room look again

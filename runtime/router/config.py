@@ -28,6 +28,8 @@ class RouterConfig:
     health_failure_threshold: int = 3
     max_held_requests: int = 1024
     max_hold_secs: float = 60.0
+    # after a hold: fill ready workers only up to their batch cap while others start, for this long at most
+    held_spread_secs: float = 60.0
     retry_after_secs: int = 5
     max_retries: int = 3
     request_timeout_secs: float = 1800.0

@@ -1,7 +1,8 @@
 """Where the workers are: a static URL list, or the EndpointSlices of the runtime's headless Service.
 
-`endpoints_from_slices` is the pure core: EndpointSlice objects (Kubernetes JSON) -> {url: ready}.
-Ready endpoints get traffic; terminating and not-yet-ready ones are known but get no new requests
+`endpoints_from_slices` is the pure core: EndpointSlice objects (Kubernetes JSON) -> {url: state},
+state being ready, starting (not ready yet) or terminating.
+Ready endpoints get traffic; terminating and starting ones are known but get no new requests
 (their in-flight requests finish); endpoints no slice lists any more leave the set. The watch runs
 the `kubernetes` client (in-cluster config, else kubeconfig) in a thread: list, then watch from the
 list's resourceVersion (raw JSON events), re-listing whenever the watch ends or fails.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetserve.runtime import wire
+from fleetserve.runtime.router.workers import EndpointState
 
 logger = logging.getLogger(__name__)
 
@@ -50,24 +52,32 @@ def endpoint_url(address: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def endpoints_from_slices(slices: Iterable[dict[str, Any]], port_name: str) -> dict[str, bool]:
-    """{url: ready} over every endpoint of the slices; an address listed twice is ready if any says so."""
-    out: dict[str, bool] = {}
+def endpoint_state(conditions: dict[str, Any]) -> EndpointState:
+    if conditions.get("terminating"):
+        return "terminating"
+    return "starting" if conditions.get("ready") is False else "ready"  # nil means ready
+
+
+def endpoints_from_slices(slices: Iterable[dict[str, Any]], port_name: str) -> dict[str, EndpointState]:
+    """{url: state} over every endpoint of the slices; an address listed twice takes its most serving state
+    (ready over starting over terminating)."""
+    rank = {"terminating": 0, "starting": 1, "ready": 2}
+    out: dict[str, EndpointState] = {}
     for slice_ in slices:
         port = slice_port(slice_, port_name)
         for endpoint in slice_.get("endpoints") or []:
-            conditions = endpoint.get("conditions") or {}
-            ready = conditions.get("ready") is not False and not conditions.get("terminating")  # nil means ready
+            state = endpoint_state(endpoint.get("conditions") or {})
             for address in endpoint.get("addresses") or []:
                 url = endpoint_url(address, port)
-                out[url] = out.get(url, False) or ready
+                if url not in out or rank[state] > rank[out[url]]:
+                    out[url] = state
     return out
 
 
 class EndpointSliceWatch:
-    """Watches the EndpointSlices of one Service and hands {url: ready} to `publish` on every change."""
+    """Watches the EndpointSlices of one Service and hands {url: state} to `publish` on every change."""
 
-    def __init__(self, service: str, namespace: str, port_name: str, publish: Callable[[dict[str, bool]], None],
+    def __init__(self, service: str, namespace: str, port_name: str, publish: Callable[[dict[str, EndpointState]], None],
                  loop: asyncio.AbstractEventLoop):
         self.service = service
         self.namespace = namespace

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests held while no worker is ready (0: answer 503 at once)")
     health.add_argument("--max-hold-secs", type=float, default=d.max_hold_secs,
                         help="how long a request is held before the 503")
+    health.add_argument("--held-spread-secs", type=float, default=d.held_spread_secs,
+                        help="requests that were held go only to workers below their batch cap while other "
+                             "workers are starting, for at most this long (0: all to the first ready worker)")
     health.add_argument("--retry-after-secs", type=int, default=d.retry_after_secs)
     p.add_argument("--api-key", default=os.environ.get(wire.ENV_API_KEY),
                    help=f"required bearer key, forwarded to workers (default ${wire.ENV_API_KEY})")
@@ -85,7 +88,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         cache_poll_interval_secs=args.cache_poll_interval_secs,
         health_check_interval_secs=args.health_check_interval_secs,
         health_failure_threshold=args.health_failure_threshold, max_held_requests=args.max_held_requests,
-        max_hold_secs=args.max_hold_secs, retry_after_secs=args.retry_after_secs, max_retries=args.max_retries,
+        max_hold_secs=args.max_hold_secs, held_spread_secs=args.held_spread_secs,
+        retry_after_secs=args.retry_after_secs, max_retries=args.max_retries,
         request_timeout_secs=args.request_timeout_secs, seed=args.seed,
     )
 

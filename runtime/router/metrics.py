@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fleetserve.runtime import wire
-from fleetserve.runtime.router.workers import WorkerSet
+from fleetserve.runtime.router.workers import Phase, WorkerSet
 
 P = wire.METRIC_ROUTER_PREFIX
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0)
@@ -28,7 +29,7 @@ class WorkerCollector(Collector):
         held.add_metric([], self.held[0])
         yield held
         phases = GaugeMetricFamily(f"{P}workers", "Known workers by phase.", labels=["phase"])
-        counts = dict.fromkeys(("pending", "ready", "ejected", "draining"), 0)
+        counts = dict.fromkeys(get_args(Phase), 0)
         for w in self.workers.workers.values():
             counts[w.phase] += 1
         for phase, n in counts.items():

@@ -13,6 +13,7 @@ and the worker aborts the request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -84,22 +85,30 @@ class Proxy:
             return None, key._replace(adapter=None)  # a folder: the worker maps it to its adapter
         return adapter, key
 
-    async def hold(self, deadline: float) -> bool:
-        """Waits for a routable worker until `deadline`; False when full or timed out."""
+    async def hold(self, deadline: float, until: Callable[[], bool]) -> bool:
+        """Waits until `until()` holds (re-checked at every change of the workers, a released request
+        included, and at least every second) or `deadline`; False when too many are held or time ran out."""
         if self.num_held >= self.config.max_held_requests:
             return False
         self.metrics.held[0] += 1
         start = time.monotonic()
         try:
-            while not self.workers.routable():
+            while not until():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                await self.workers.wait_changed(left)
+                await self.workers.wait_changed(min(left, 1.0))
             return True
         finally:
             self.metrics.held[0] -= 1
             self.metrics.hold_time.observe(time.monotonic() - start)
+
+    def _is_spreading(self, until: float | None) -> bool:
+        """A held request fills only free batch slots while more workers are starting, until ``until``."""
+        return until is not None and time.monotonic() < until and self.workers.any_starting()
+
+    def _room_or_none_starting(self, adapter: str | None) -> bool:
+        return self.balancer.has_room(adapter) or not self.workers.any_starting()
 
     def _unavailable(self, message: str) -> web.Response:
         self.metrics.rejected.labels("no_worker").inc()
@@ -113,14 +122,24 @@ class Proxy:
         headers = forward_headers(request.headers)
         tried: set[str] = set()
         hold_deadline: float | None = None
+        spread_until: float | None = None  # after a hold: batches first while workers start, until then
         last_503: tuple[int, bytes, CIMultiDict[str]] | None = None
         while len(tried) <= self.config.max_retries:
-            selection = self.balancer.select(key, exclude=tried)
+            spreading = self._is_spreading(spread_until)
+            selection = self.balancer.select(key, exclude=tried, room_only=spreading)
             if selection is None:
                 why = self.balancer.why_none(adapter)
                 if why.adapter_missing:
                     self.metrics.rejected.labels("adapter_not_found").inc()
                     return error_response(404, f"the LoRA adapter '{adapter}' is not loaded on any worker", "model")
+                if spreading and not why.no_ready_worker:
+                    # Held through a cold start: the ready workers' batches are full and more workers are
+                    # starting. Wait for a free slot or a new worker rather than queue on the first one.
+                    assert spread_until is not None
+                    if self.balancer.has_room(adapter) or not await self.hold(
+                            spread_until, functools.partial(self._room_or_none_starting, adapter)):
+                        spread_until = None  # room only where it was tried, spread time over, or hold full
+                    continue
                 if not why.no_ready_worker:  # every ready worker has been tried
                     break
                 if not self.config.is_holding_on:
@@ -129,8 +148,10 @@ class Proxy:
                     return self._unavailable("no worker is ready and too many requests are held")
                 if hold_deadline is None:
                     hold_deadline = time.monotonic() + self.config.max_hold_secs
-                if not await self.hold(hold_deadline):
+                if not await self.hold(hold_deadline, lambda: bool(self.workers.routable())):
                     return self._unavailable("no worker became ready in time")
+                if spread_until is None and self.config.held_spread_secs > 0:
+                    spread_until = time.monotonic() + self.config.held_spread_secs
                 adapter, key = await self.route_key(kind, parsed)  # now with a worker's tokenizer and adapters
                 continue
             if tried:

@@ -50,6 +50,8 @@ def apply_cache_state(worker: WorkerState, cursor: PollCursor, state: dict[str, 
     worker.adapters = frozenset(state.get("adapters") or ())
     worker.reported_running = int(state.get("num_running", 0))
     worker.reported_waiting = int(state.get("num_waiting", 0))
+    cap = state.get("max_running_requests")
+    worker.max_running = int(cap) if isinstance(cap, int) and cap > 0 else None
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,7 +20,8 @@ from fleetserve.runtime.router.block_index import BlockIndex
 
 logger = logging.getLogger(__name__)
 
-Phase = Literal["pending", "ready", "ejected", "draining"]
+Phase = Literal["pending", "ready", "ejected", "starting", "draining"]
+EndpointState = Literal["ready", "starting", "terminating"]  # as discovery lists an endpoint
 
 
 @dataclass(slots=True)
@@ -36,6 +37,8 @@ class WorkerState:
     reported_running: int = 0
     reported_waiting: int = 0
     adapters: frozenset[str] = frozenset()
+    max_running: int | None = None  # the worker's batch cap, from /cache_state (None: not reported)
+    is_starting: bool = False  # discovery lists it as not ready yet (a pod starting), not as terminating
     supports_cache_state: bool | None = None  # None until the first poll answers
     consecutive_failures: int = 0
 
@@ -49,9 +52,14 @@ class WorkerState:
         return max(self.in_flight, self.reported_running + self.reported_waiting)
 
     @property
+    def has_room(self) -> bool:
+        """Fewer requests than its batch cap (or no cap reported): one more would run, not wait."""
+        return self.max_running is None or self.load < self.max_running
+
+    @property
     def phase(self) -> Phase:
         if not self.is_discovered_ready:
-            return "draining"
+            return "starting" if self.is_starting else "draining"
         if self.is_healthy:
             return "ready"
         return "ejected" if self.has_answered else "pending"
@@ -85,25 +93,31 @@ class WorkerSet:
     def routable(self) -> list[WorkerState]:
         return [w for w in self.workers.values() if w.is_routable]
 
-    def sync(self, endpoints: dict[str, bool]) -> None:
-        """Makes the set match discovery: URL -> ready (False: terminating, drain it)."""
+    def sync(self, endpoints: Mapping[str, EndpointState]) -> None:
+        """Makes the set match discovery: URL -> ready, starting (not ready yet) or terminating (drain it)."""
         for url in [u for u in self.workers if u not in endpoints]:
             worker = self.workers.pop(url)
             worker.is_removed = True
             logger.info("worker %s removed", url)
             if self.on_removed:
                 self.on_removed(worker)
-        for url, ready in endpoints.items():
+        for url, state in endpoints.items():
+            ready, starting = state == "ready", state == "starting"
             known = self.workers.get(url)
             if known is None:
-                worker = self.workers[url] = WorkerState(url, self.make_index(), is_discovered_ready=ready)
-                logger.info("worker %s added (%s)", url, "ready" if ready else "not ready")
+                worker = self.workers[url] = WorkerState(url, self.make_index(), is_discovered_ready=ready,
+                                                         is_starting=starting)
+                logger.info("worker %s added (%s)", url, state)
                 if self.on_added:
                     self.on_added(worker)
-            elif known.is_discovered_ready != ready:
-                known.is_discovered_ready = ready
-                logger.info("worker %s %s", url, "ready" if ready else "draining")
+            elif (known.is_discovered_ready, known.is_starting) != (ready, starting):
+                known.is_discovered_ready, known.is_starting = ready, starting
+                logger.info("worker %s %s", url, "ready" if ready else state if starting else "draining")
         self.notify()
+
+    def any_starting(self) -> bool:
+        """A worker is on its way: listed but not ready yet, or ready but never answered a poll."""
+        return any(w.is_starting or w.phase == "pending" for w in self.workers.values())
 
     def notify(self) -> None:
         """Wakes requests held for a worker (call after any change of routability)."""

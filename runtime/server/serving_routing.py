@@ -86,4 +86,5 @@ async def cache_state(request: Request, epoch: str | None = Query(None, max_leng
         "adapters": loaded_adapters(state),
         "num_running": stats.num_running,
         "num_waiting": stats.num_waiting,
+        "max_running_requests": state.settings.max_running_requests,  # the batch cap: what runs at once
     })

@@ -48,6 +48,7 @@ class FakeWorker:
     sent: list[bytes] = field(default_factory=list)  # the body of each answer, as written
     cancelled: int = 0
     num_running: int = 0
+    max_running: int | None = None  # the batch cap /cache_state reports (None: not reported)
     port: int = field(default_factory=free_port)
     runner: web.AppRunner | None = None
 
@@ -97,6 +98,8 @@ class FakeWorker:
         seq = len(self.events)
         common = {"epoch": self.epoch, "seq": seq, "adapters": sorted(self.adapters),
                   "num_running": self.num_running, "num_waiting": 0}
+        if self.max_running is not None:
+            common["max_running_requests"] = self.max_running
         if request.query.get("epoch") != self.epoch:
             return web.json_response({**common, "snapshot": [wire.hash_hex(h) for h in self.blocks],
                                       "stored": [], "removed": []})

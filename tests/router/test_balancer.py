@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 from fleetserve.runtime.router.balancer import Balancer
@@ -16,7 +17,7 @@ HOT = RequestKey(tuple(range(1000, 1128)), 2048 + 10, 16, None)  # 128 pages of 
 
 def fleet(n: int, now: list[float] | None = None) -> tuple[WorkerSet, Balancer]:
     workers = WorkerSet()
-    workers.sync({f"http://w{i}": True for i in range(n)})
+    workers.sync({f"http://w{i}": "ready" for i in range(n)})
     for w in workers.workers.values():
         w.mark_ok()
     clock = (lambda: now[0]) if now is not None else (lambda: 0.0)
@@ -43,8 +44,8 @@ def test_removed_and_draining_workers_get_nothing_new():
     workers, balancer = fleet(3)
     held = balancer.select(HOT)
     assert held is not None
-    keep = {u: True for u in workers.urls() if u != held.worker.url}
-    workers.sync({**keep, "http://w-draining": False})
+    keep = {u: "ready" for u in workers.urls() if u != held.worker.url}
+    workers.sync({**keep, "http://w-draining": "terminating"})
     workers.workers["http://w-draining"].mark_ok()
     picked = {balancer.select(HOT).worker.url for _ in range(10)}
     assert picked == set(keep)  # the removed holder and the draining worker are out
@@ -104,3 +105,46 @@ def test_cache_state_snapshot_then_deltas_then_a_new_epoch():
     apply_cache_state(worker, cursor, {"epoch": "b", "seq": 0, "snapshot": [], "stored": [], "removed": [],
                                        "adapters": [], "num_running": 0, "num_waiting": 0})
     assert len(worker.cache) == 0  # restarted worker: reports and predictions are gone
+
+
+async def test_room_only_picks_workers_below_their_batch_cap_and_a_release_wakes_waiters():
+    workers, balancer = fleet(2)
+    a, b = workers.workers["http://w0"], workers.workers["http://w1"]
+    a.max_running, b.max_running = 1, None  # b reports no cap: it always has room
+    taken = balancer.select(HOT, room_only=True)
+    assert taken is not None and balancer.has_room(None)
+    a.max_running = b.max_running = 1
+    both = [taken, balancer.select(HOT, room_only=True)]
+    assert {s.worker.url for s in both} == {"http://w0", "http://w1"}  # one each: each cap is 1
+    assert not balancer.has_room(None) and balancer.select(HOT, room_only=True) is None
+    queued = balancer.select(HOT)  # without room_only a full worker still takes it (into its queue)
+    assert queued is not None
+    queued.release()
+    waiter = asyncio.create_task(workers.wait_changed(5.0))  # a request waiting for room
+    await asyncio.sleep(0)
+    both[0].release()
+    await asyncio.wait_for(waiter, 1.0)
+    assert balancer.has_room(None)
+
+
+def test_the_batch_cap_comes_from_cache_state():
+    workers, _ = fleet(1)
+    worker = workers.workers["http://w0"]
+    common = {"epoch": "a", "seq": 0, "snapshot": [], "stored": [], "removed": []}
+    apply_cache_state(worker, PollCursor(), {**common, "max_running_requests": 8})
+    assert worker.max_running == 8
+    apply_cache_state(worker, PollCursor(), common)  # an older worker: no cap, never held back
+    assert worker.max_running is None and worker.has_room
+
+
+def test_starting_and_pending_workers_are_on_their_way():
+    workers = WorkerSet()
+    workers.sync({"http://up": "ready", "http://gone": "terminating"})
+    workers.workers["http://up"].mark_ok()
+    assert not workers.any_starting()  # a draining worker is not coming
+    workers.sync({"http://up": "ready", "http://gone": "terminating", "http://new": "starting"})
+    assert workers.workers["http://new"].phase == "starting" and workers.any_starting()
+    workers.sync({"http://up": "ready", "http://new": "ready"})  # its pod is ready: polled, not answered yet
+    assert workers.workers["http://new"].phase == "pending" and workers.any_starting()
+    workers.workers["http://new"].mark_ok()
+    assert not workers.any_starting()

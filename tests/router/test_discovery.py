@@ -37,14 +37,20 @@ def endpoint_slice(name: str, endpoints: list[dict], port: int = 30000, service:
 
 
 @pytest.mark.parametrize(("slices", "expected"), [
+    # not ready and not terminating: a pod starting
     ([endpoint_slice("a", [endpoint("10.0.0.1"), endpoint("10.0.0.2", ready=False)])],
-     {"http://10.0.0.1:30000": True, "http://10.0.0.2:30000": False}),
+     {"http://10.0.0.1:30000": "ready", "http://10.0.0.2:30000": "starting"}),
     # nil `ready` means ready; terminating endpoints drain
-    ([endpoint_slice("a", [endpoint("10.0.0.1", ready=None), endpoint("10.0.0.3", ready=False, terminating=True)])],
-     {"http://10.0.0.1:30000": True, "http://10.0.0.3:30000": False}),
-    # an address in two slices is ready if either says so
+    ([endpoint_slice("a", [endpoint("10.0.0.1", ready=None), endpoint("10.0.0.3", ready=False, terminating=True),
+                           endpoint("10.0.0.4", ready=True, terminating=True)])],
+     {"http://10.0.0.1:30000": "ready", "http://10.0.0.3:30000": "terminating",
+      "http://10.0.0.4:30000": "terminating"}),
+    # an address in two slices takes the most serving state
     ([endpoint_slice("a", [endpoint("10.0.0.1", ready=False)]), endpoint_slice("b", [endpoint("10.0.0.1")])],
-     {"http://10.0.0.1:30000": True}),
+     {"http://10.0.0.1:30000": "ready"}),
+    ([endpoint_slice("a", [endpoint("10.0.0.1", ready=False, terminating=True)]),
+      endpoint_slice("b", [endpoint("10.0.0.1", ready=False)])],
+     {"http://10.0.0.1:30000": "starting"}),
     ([endpoint_slice("a", [])], {}),
 ])
 def test_endpoints_from_slices(slices, expected):
@@ -55,7 +61,7 @@ def test_port_by_name_else_the_only_one_and_ipv6_in_brackets(tmp_path):
     assert slice_port({"ports": [{"name": "x", "port": 1}, {"name": "http", "port": 2}]}, "http") == 2
     assert slice_port({"ports": [{"name": "other", "port": 7}]}, "http") == 7
     s = endpoint_slice("v6", [endpoint("fd00::1")])
-    assert endpoints_from_slices([s], "http") == {"http://[fd00::1]:30000": True}
+    assert endpoints_from_slices([s], "http") == {"http://[fd00::1]:30000": "ready"}
     (tmp_path / "ns").write_text("team-a\n")
     assert own_namespace(tmp_path / "ns") == "team-a" and own_namespace(tmp_path / "none") == "default"
 
@@ -92,26 +98,27 @@ async def test_worker_set_follows_endpointslices_in_kmock(api):
     watch = EndpointSliceWatch(SERVICE, NAMESPACE, "http", workers.sync, asyncio.get_running_loop())
     watch.start()
     try:
-        def state() -> dict[str, bool]:
-            return {url: w.is_discovered_ready for url, w in workers.workers.items()}
+        def state() -> dict[str, str]:
+            return {url: w.phase if w.phase in ("starting", "draining") else "listed"
+                    for url, w in workers.workers.items()}
 
         one = endpoint_slice("qwen-runtime-abc", [endpoint("127.0.0.2", ready=False)])
         await send(api, "POST", SLICES_PATH, one)
         await send(api, "POST", SLICES_PATH, endpoint_slice("other-svc-x", [endpoint("127.0.0.9")], service="other"))
-        await until(lambda: state() == {"http://127.0.0.2:30000": False})  # known, no traffic yet
+        await until(lambda: state() == {"http://127.0.0.2:30000": "starting"})  # known, no traffic yet
         ready = copy.deepcopy(one)
         ready["endpoints"] = [endpoint("127.0.0.2"), endpoint("127.0.0.3")]
         await send(api, "PATCH", f"{SLICES_PATH}/qwen-runtime-abc", {"endpoints": ready["endpoints"]})
-        await until(lambda: state() == {"http://127.0.0.2:30000": True, "http://127.0.0.3:30000": True})
+        await until(lambda: state() == {"http://127.0.0.2:30000": "listed", "http://127.0.0.3:30000": "listed"})
         # a pod terminates: it stays known (in-flight requests finish) but gets nothing new
         await send(api, "PATCH", f"{SLICES_PATH}/qwen-runtime-abc",
                    {"endpoints": [endpoint("127.0.0.2", ready=False, terminating=True), endpoint("127.0.0.3")]})
-        await until(lambda: state() == {"http://127.0.0.2:30000": False, "http://127.0.0.3:30000": True})
+        await until(lambda: state() == {"http://127.0.0.2:30000": "draining", "http://127.0.0.3:30000": "listed"})
         # a second slice of the same Service adds a pod; deleting the first removes its endpoints
         await send(api, "POST", SLICES_PATH, endpoint_slice("qwen-runtime-def", [endpoint("127.0.0.4")]))
         await until(lambda: len(state()) == 3)
         await send(api, "DELETE", f"{SLICES_PATH}/qwen-runtime-abc")
-        await until(lambda: state() == {"http://127.0.0.4:30000": True})
+        await until(lambda: state() == {"http://127.0.0.4:30000": "listed"})
     finally:
         watch.stop()
 

@@ -199,9 +199,41 @@ async def test_held_request_goes_to_a_worker_that_becomes_ready(fake_workers, st
     task = asyncio.create_task(post(http, router.url, chat("wait for me")))
     await asyncio.sleep(0.2)
     assert not task.done()
-    router.router.workers.sync({worker.url: True})  # discovery adds a worker
+    router.router.workers.sync({worker.url: "ready"})  # discovery adds a worker
     status, _, headers = await asyncio.wait_for(task, 5)
     assert status == 200 and headers[WORKER_HEADER] == worker.url
+
+
+@pytest.mark.parametrize("spread_secs", [10.0, 0.0])
+async def test_held_requests_fill_batches_while_other_workers_start(fake_workers, start_router, http, spread_secs):
+    """A cold start: 6 requests held, then worker A (batch cap 2) turns ready while B is still starting.
+    A takes 2, the other 4 wait at the router (still counted as held) for B, rather than queue on A."""
+    first, second = await fake_workers(2, chunk_delay=0.5, max_running=2)  # each answer lasts ~3.5 s
+    router = await start_router([], max_hold_secs=30.0, held_spread_secs=spread_secs)
+    bodies = [chat(f"question {i}", system=f"system prompt number {i}. " * 8, stream=True) for i in range(6)]
+    tasks = [asyncio.create_task(post(http, router.url, body)) for body in bodies]
+    await asyncio.sleep(0.2)
+    router.router.workers.sync({first.url: "ready", second.url: "starting"})  # discovery: B's pod starts
+    await until(lambda: len(first.received) >= 2)
+    await asyncio.sleep(0.5)
+    if spread_secs == 0:  # spreading off: everything held goes to the first ready worker
+        assert len(first.received) == 6
+    else:
+        assert len(first.received) == 2 and not second.received
+        metrics = (await (await http.get(router.url + "/metrics")).read()).decode()
+        assert metric(metrics, "fleetserve_router:held_requests") == 4  # the autoscaler still sees them
+        router.router.workers.sync({first.url: "ready", second.url: "ready"})
+    answers = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    assert [status for status, _, _ in answers] == [200] * 6
+    if spread_secs:
+        assert len(second.received) >= 2 and len(first.received) + len(second.received) == 6
+
+
+async def until(check, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 async def test_holding_off_and_full_hold_answer_503_at_once(start_router, http):
