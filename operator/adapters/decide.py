@@ -27,6 +27,7 @@ RETRY_MAX_SECONDS = 160.0
 NO_ADAPTERS = "NoAdapters"
 ADAPTERS_LOADED = "AdaptersLoaded"
 NO_READY_PODS = "NoReadyPods"
+SCALED_TO_ZERO = "ScaledToZero"
 LOAD_FAILED = "LoadFailed"
 POD_UNREACHABLE = "PodUnreachable"
 UNLOAD_FAILED = "UnloadFailed"
@@ -171,18 +172,21 @@ def _missing_reason(pod: PodAdapters, adapter: Wanted, failures: Failures) -> st
 
 
 def summarize(
-    wanted: Sequence[Wanted], pods: Sequence[PodAdapters], outcomes: Sequence[Outcome], failures: Failures
+    wanted: Sequence[Wanted], pods: Sequence[PodAdapters], outcomes: Sequence[Outcome], failures: Failures,
+    scaled_to_zero: bool = False,
 ) -> Report:
     """The status after a round. ``failures`` are those remembered after it (``next_failures``), so a load
     that is backing off still shows its reason. AdaptersReady is True when every spec adapter is loaded on
-    every ready pod; with no ready pod it is False (NoReadyPods): nothing serves the adapters yet."""
+    every ready pod; with no ready pod it is False (NoReadyPods): nothing serves the adapters yet, unless
+    the autoscaler has scaled the service to zero (``scaled_to_zero``): then True (ScaledToZero), as the
+    pod started for the next request loads them before it turns ready."""
     after = {pod.pod: loaded_after(pod, outcomes) for pod in pods if pod.loaded is not None}
     statuses = []
     for adapter in wanted:
         missing = [pod for pod in pods if after.get(pod.pod, {}).get(adapter.name) != adapter.path]
         message = _missing_reason(missing[0], adapter, failures) if missing else ""
         statuses.append(AdapterStatus(adapter.name, len(pods) - len(missing), message))
-    return Report(tuple(statuses), *_condition(wanted, pods, outcomes, failures, statuses))
+    return Report(tuple(statuses), *_condition(wanted, pods, outcomes, failures, statuses, scaled_to_zero))
 
 
 def _condition(
@@ -191,8 +195,12 @@ def _condition(
     outcomes: Sequence[Outcome],
     failures: Failures,
     statuses: Sequence[AdapterStatus],
+    scaled_to_zero: bool = False,
 ) -> tuple[bool, str, str]:
     unload_errors = [o for o in outcomes if o.action.kind == "unload" and o.error]
+    if wanted and not pods and scaled_to_zero:
+        message = "scaled to zero: the pod started for the next request loads the adapters before it turns ready"
+        return True, SCALED_TO_ZERO, message
     if wanted and not pods:
         return False, NO_READY_PODS, "no runtime pod is ready; a pod loads the adapters before it turns ready"
     paths = {w.name: w.path for w in wanted}

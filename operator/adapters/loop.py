@@ -90,10 +90,13 @@ class AdapterRollout:
         except ApiKeyError as error:
             await self._write(Report((), False, API_KEY_UNAVAILABLE, str(error)))
             return self.interval
-        await self._write(await self.sync(check.spec, headers))
+        status = live.get("status") or {}
+        scaled_to_zero = check.spec.autoscaling.enabled and status.get("desiredReplicas") == 0
+        await self._write(await self.sync(check.spec, headers, scaled_to_zero))
         return self.interval
 
-    async def sync(self, spec: InferenceServiceSpec, headers: Mapping[str, str]) -> Report:
+    async def sync(self, spec: InferenceServiceSpec, headers: Mapping[str, str],
+                   scaled_to_zero: bool = False) -> Report:
         wanted = wanted_adapters(spec)
         pods = await self._ready_pods()
         observed = await self._observe(pods, headers)
@@ -107,7 +110,7 @@ class AdapterRollout:
         outcomes = [outcome for pod_outcomes in done for outcome in pod_outcomes]
         self._log(outcomes)
         self.failures = next_failures(self.failures, wanted, observed, outcomes, now)
-        return summarize(wanted, observed, outcomes, self.failures)
+        return summarize(wanted, observed, outcomes, self.failures, scaled_to_zero)
 
     async def _ready_pods(self) -> list[Obj]:
         selector = names.selector_labels(self.ref.name, names.RUNTIME)

@@ -136,6 +136,9 @@ def test_zero_ready_pods_is_false_no_ready_pods_and_no_adapters_is_true():
     empty = summarize([], [PodAdapters("p0", {})], [], {})
     assert (empty.adapters, empty.is_ready, empty.reason) == ((), True, NO_ADAPTERS)
     assert summarize([], [], [], {}).reason == NO_ADAPTERS
+    idle = summarize(wanted(), [], [], {}, scaled_to_zero=True)  # the autoscaler's zero: nothing is missing
+    assert (idle.is_ready, idle.reason) == (True, "ScaledToZero") and "before it turns ready" in idle.message
+    assert summarize(wanted(), [PodAdapters("p0", {})], [], {}, scaled_to_zero=True).reason != "ScaledToZero"
 
 
 def test_a_restarted_pod_is_reloaded_and_counts_again_once_loaded():

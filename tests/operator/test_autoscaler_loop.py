@@ -115,6 +115,11 @@ def scaling(api) -> tuple[str, str] | None:
     return (found["status"], found["reason"]) if found else None
 
 
+def adapters_ready(api) -> tuple[str, str] | None:
+    found = condition(live(api, ISVC_RESOURCE, "qwen"), "AdaptersReady")
+    return (found["status"], found["reason"]) if found else None
+
+
 def runtime_replicas(api) -> int | None:
     deployment = live(api, DEPLOYMENTS, "qwen-runtime")
     return deployment["spec"]["replicas"] if deployment else None
@@ -214,7 +219,7 @@ async def test_an_invalid_spec_stops_scaling_with_a_condition_not_a_crash(operat
 
 
 async def test_an_idle_service_scales_to_zero_and_held_requests_bring_it_back(operator, metrics_server):
-    spec = {**SPEC, "replicas": {"min": 0, "max": 3}}
+    spec = {**SPEC, "replicas": {"min": 0, "max": 3}, "adapters": [{"name": "sql", "source": "hf://org/sql"}]}
     _, runtime_port = await metrics_server(runtime_text(running=0, waiting=0))
     router, router_port = await metrics_server(router_text(held=0))
     await add_pod(operator, "qwen-runtime-a", "runtime", runtime_port)
@@ -227,6 +232,8 @@ async def test_an_idle_service_scales_to_zero_and_held_requests_bring_it_back(op
     assert pod_annotation(operator, "qwen-runtime-a") == "0"
     await send(operator, "DELETE", f"{PODS}/qwen-runtime-a")  # what the ReplicaSet does (kmock runs none)
     await eventually(lambda: scaling(operator) == ("True", "ScaledToZero"))
+    # the adapter rollout (a round every 10 s): nothing to load until a pod starts, which loads them itself
+    await eventually(lambda: adapters_ready(operator) == ("True", "ScaledToZero"), 30)
     # the router's Deployment reports a ready replica: the service is Ready while scaled to zero
     ready = {"status": {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 1}}
     await send(operator, "PATCH", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/qwen-router/status", ready)
