@@ -1,7 +1,8 @@
 """LoRA adapters on the local cluster: `spec.adapters` → the chart's operator loads them on the real
 runtime pod → the router sends `model: "demo:NAME"` there → the answer equals PEFT's on the same base
-and adapter. Then a changed source replaces the weights, a removed adapter stops being served, and a
-crashed runtime container has its adapter again from its first request after the restart.
+and adapter. Then a changed source replaces the weights, a removed adapter stops being served, a
+crashed runtime container has its adapter again from its first request after the restart, and after a
+scale to zero an adapter request held by the router is answered by the pod it brings back.
 
 The adapters are `hf://` repositories. No hub is reachable here, so each one is written into a hub
 cache in the layout huggingface_hub keeps (`models--ORG--NAME/refs/main` and `snapshots/REVISION/`),
@@ -147,7 +148,7 @@ async def test_spec_adapters_are_served_through_the_router_as_peft_computes_them
 
     # the runtime container crashes and the kubelet restarts it: the new process loads sql from the
     # adapter list (the operator's ConfigMap) before it listens, so it has sql from its first request on
-    (pod,) = [p for p in cluster.kubelet.pods.values() if p.namespace == NAMESPACE and "-runtime-" in p.name]
+    (pod,) = runtime_pods(cluster)
     pod.process.kill()
     await eventually(lambda: pod.restarts == 1 and pod.ready, STARTUP_SECONDS, "the restarted container ready")
     assert await answers(client, "demo:sql", prompt) == expected["qv4"]  # held by the router until it polls
@@ -155,3 +156,26 @@ async def test_spec_adapters_are_served_through_the_router_as_peft_computes_them
     restarted = (pod.directory / "container.log").read_text().rsplit("KV cache:", 1)[1]  # the last process
     loaded = restarted.index("LoRA adapter sql loaded from fleetserve-tests/qv4-lora")
     assert loaded < restarted.index("listening on")  # before it listened
+
+    # scale to zero, then an adapter request held by the router brings a pod back that has the adapter
+    scaling = {"spec": {"replicas": {"min": 0, "max": 1}, "autoscaling": {
+        "enabled": True, "intervalSeconds": 1, "scaleDownStabilizationSeconds": 2}}}
+    answer = await cluster.request("PATCH", f"{prefix}/namespaces/{NAMESPACE}/{plural}/demo", scaling,
+                                   "application/merge-patch+json")
+    assert answer[0] == 200, answer
+    await eventually(lambda: not runtime_pods(cluster) and status(cluster).get("desiredReplicas") == 0,
+                     CHANGE_SECONDS, "scaled to zero, no runtime pod left")
+    await eventually(lambda: condition_of(cluster, "AdaptersReady") == ("True", "ScaledToZero"), CHANGE_SECONDS,
+                     "AdaptersReady=True ScaledToZero")
+    cold = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=STARTUP_SECONDS)
+    assert await answers(cold, "demo:sql", prompt) == expected["qv4"]  # held, then the new pod's first answer
+    assert len(runtime_pods(cluster)) == 1
+
+
+def runtime_pods(cluster) -> list:
+    return [p for p in cluster.kubelet.pods.values() if p.namespace == NAMESPACE and "-runtime-" in p.name]
+
+
+def condition_of(cluster, type_: str) -> tuple[str, str] | None:
+    found = next((c for c in status(cluster).get("conditions") or [] if c["type"] == type_), None)
+    return (found["status"], found["reason"]) if found else None
