@@ -56,6 +56,7 @@ from fleetserve.operator.validation import INVALID_SPEC, check_spec
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 DEFAULT_MAX_RUNNING_REQUESTS = 256  # `fleetserve serve --max-running-requests` when the spec sets none
 IDLE_INTERVAL_SECONDS = 5.0  # how often a service with autoscaling off or an invalid spec is looked at
+ZERO_INTERVAL_SECONDS = 1.0  # how often the routers are read while scaled to zero (intervalSeconds if less)
 # ScalingActive reasons
 VALID_METRICS = "ValidMetrics"
 NO_READY_PODS = "NoReadyPods"
@@ -130,10 +131,13 @@ class Autoscaler:
                 )
             )
             return IDLE_INTERVAL_SECONDS
-        await self._scale(spec, live)
-        return float(spec.autoscaling.interval_seconds)
+        decision = await self._scale(spec, live)
+        interval = float(spec.autoscaling.interval_seconds)
+        if decision.replicas == 0:  # only the routers are read: cheap, and a held request waits for this
+            return min(interval, ZERO_INTERVAL_SECONDS)
+        return interval
 
-    async def _scale(self, spec: InferenceServiceSpec, live: Obj) -> None:
+    async def _scale(self, spec: InferenceServiceSpec, live: Obj) -> Decision:
         runtime_pods = await self._pods(names.RUNTIME)
         router_pods = await self._pods(names.ROUTER)
         runtime = await scrape_pods(self.session, runtime_pods, RUNTIME_METRICS, RUNTIME_REQUIRED)
@@ -161,6 +165,7 @@ class Autoscaler:
             await self._annotate(runtime_pods, deletion_costs(sample.pods))
         condition = decision_condition(decision, sample, next(iter(errors.values()), ""))
         await self.writer.update(self.ref, lambda obj: self._status(obj, decision, condition))
+        return decision
 
     async def _status(self, live: Obj, decision: Decision, condition: ConditionState) -> dict[str, Any]:
         status = live.get("status") or {}

@@ -7,6 +7,7 @@ kmock runs no controllers: the tests create the pods themselves and assert what 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -241,6 +242,10 @@ async def test_an_idle_service_scales_to_zero_and_held_requests_bring_it_back(op
                      == "ScaledToZero")
     assert condition(live(operator, ISVC_RESOURCE, "qwen"), "Ready")["status"] == "True"
 
+    # a long interval: at zero the routers are still read every second (eventually gives up after 10 s)
+    slow = {"metadata": {"generation": 2}, "spec": {"autoscaling": {"intervalSeconds": 60}}}
+    await send(operator, "PATCH", isvc_path(), slow)
+    await asyncio.sleep(1.5)  # a round with the new spec has run
     router.text = router_text(held=13)  # requests arrive: ceil(13 / (4 + 2)) = 3 replicas at once
     await eventually(lambda: runtime_replicas(operator) == 3)
     await eventually(lambda: status(operator)["desiredReplicas"] == 3)
