@@ -13,6 +13,7 @@ LIVENESS_FAILURE_THRESHOLD = 6  # a minute of failed /health checks after start-
 PROBE_TIMEOUT_SECONDS = 5
 STARTUP_TIMEOUT_SECONDS = 30 * 60
 TERMINATION_GRACE_SECONDS = 120  # long enough to drain streamed completions
+SHUTDOWN_MARGIN_SECONDS = 10  # of the grace period, kept for stopping the engine after the drain
 REVISION_HISTORY_LIMIT = 3
 # progressDeadlineSeconds = the startup timeout plus this much for scheduling and pulling the image.
 PROGRESS_MARGIN_SECONDS = 10 * 60

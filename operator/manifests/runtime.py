@@ -35,6 +35,12 @@ def model_path(location: Location) -> str:
     return f"{defaults.MODEL_MOUNT_PATH}/{location.path}".rstrip("/")
 
 
+def drain_seconds(grace_period_seconds: int) -> int:
+    """How long a stopping runtime lets requests in flight finish: its terminationGracePeriodSeconds less
+    SHUTDOWN_MARGIN_SECONDS (at least 1 s), so it exits before the kubelet's SIGKILL."""
+    return max(1, grace_period_seconds - defaults.SHUTDOWN_MARGIN_SECONDS)
+
+
 def serve_args(spec: InferenceServiceSpec) -> list[str]:
     """`fleetserve serve` flags (SGLang names) derived from the spec, then the user's extra args."""
     runtime = spec.runtime
@@ -48,6 +54,9 @@ def serve_args(spec: InferenceServiceSpec) -> list[str]:
         "--dtype", runtime.dtype,
         "--device", device,
         "--log-level", runtime.log_level,
+        # the pod's grace period, less the time to stop the engine: a replica removed by a scale-down or
+        # a rollout finishes the streams it has
+        "--graceful-shutdown-timeout", str(drain_seconds(runtime.termination_grace_period_seconds)),
     ]
     optional = [
         ("--context-length", runtime.context_length),

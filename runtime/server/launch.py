@@ -1,7 +1,7 @@
 """`fleetserve serve`: parse SGLang-named flags, load the engine, run uvicorn until Ctrl-C.
 
-Ctrl-C (or SIGTERM) stops accepting connections, gives in-flight requests `GRACEFUL_SHUTDOWN_S` to
-finish, cancels the rest (which aborts their engine requests), then stops the engine.
+Ctrl-C (or SIGTERM) stops accepting connections, gives in-flight requests `--graceful-shutdown-timeout`
+seconds to finish, cancels the rest (which aborts their engine requests), then stops the engine.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fleetserve.runtime.wire import DEFAULT_PORT
 
 logger = logging.getLogger(__name__)
 
-GRACEFUL_SHUTDOWN_S = 5
+GRACEFUL_SHUTDOWN_S = 5  # the default of --graceful-shutdown-timeout (the operator passes its pods' own)
 NO_CHUNKING = -1  # --chunked-prefill-size -1, as in SGLang
 FLASHINFER_NOT_IMPLEMENTED = ("--attention-backend flashinfer: the FlashInfer backend is not implemented yet; "
                               "use auto or torch (the torch backend runs on CPU and CUDA)")
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", help="local HF checkpoint dir or hub id (default: the built-in demo model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--graceful-shutdown-timeout", type=float, default=GRACEFUL_SHUTDOWN_S, metavar="SECS",
+                   help="after SIGTERM or Ctrl-C, how long requests in flight may run on before they are cut "
+                        "(a 503, or an error event ending the stream)")
     p.add_argument("--api-key", default=os.environ.get("FLEETSERVE_API_KEY"),
                    help="require `Authorization: Bearer KEY` (default: $FLEETSERVE_API_KEY)")
     p.add_argument("--served-model-name", nargs="+", help="name(s) clients use; the first is reported")
@@ -199,6 +202,8 @@ def check_scheduling_args(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     check_scheduling_args(parser, args)
+    if args.graceful_shutdown_timeout < 0:
+        parser.error("--graceful-shutdown-timeout must not be negative")
     if args.dp < 1:
         parser.error("--dp must be at least 1")
     if args.simulate_time_scale <= 0:
@@ -262,7 +267,8 @@ def main(argv: list[str]) -> int:
         return 1
     app = build_app(ServerState.build(engine, settings))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            access_log=args.log_level == "debug", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                            access_log=args.log_level == "debug",
+                            timeout_graceful_shutdown=args.graceful_shutdown_timeout)
     server = _Server(config, settings.model_name)
     try:
         server.run()

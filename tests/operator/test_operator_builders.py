@@ -154,6 +154,14 @@ def test_serve_args_carry_the_engine_settings_then_the_users_extra_args():
     assert lora[-2:] == ["--chunked-prefill-size", "4096"]
 
 
+def test_the_runtime_drains_for_its_grace_period_less_a_margin():
+    assert flag(serve_args(spec_of(GPU_INGRESS)), "--graceful-shutdown-timeout") == str(
+        defaults.TERMINATION_GRACE_SECONDS - defaults.SHUTDOWN_MARGIN_SECONDS)  # 110 of the default 120 s
+    for grace, drain in ((600, "590"), (5, "1"), (0, "1")):
+        spec = spec_of({**GPU_INGRESS, "runtime": {**GPU_INGRESS["runtime"], "terminationGracePeriodSeconds": grace}})
+        assert flag(serve_args(spec), "--graceful-shutdown-timeout") == drain
+
+
 def test_user_env_keeps_literal_and_secret_values():
     env = runtime_pod(PVC_LORA)["containers"][0]["env"]
     assert {"name": "A", "value": "1"} in env

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -45,3 +48,34 @@ def test_its_prefix_cache_is_real_and_published(sim_server: ServeProcess):
     assert second.usage.prompt_tokens_details.cached_tokens >= (first.usage.prompt_tokens - 16) // 16 * 16 - 16
     state = httpx.get(f"{sim_server.url}/cache_state").json()
     assert len(state["snapshot"]) >= first.usage.prompt_tokens // 16
+
+
+@pytest.mark.parametrize("drain_secs", [30.0, 2.0])
+def test_a_stopping_server_finishes_the_streams_it_has(demo_model, tmp_path, drain_secs):
+    """SIGTERM, as a pod removed by a scale-down or a rollout gets it: no new connections, and a stream in
+    flight runs to its end within --graceful-shutdown-timeout (about 7 s here; 2 s cuts it)."""
+    server = start_server(["--model-path", str(demo_model("llama")), "--simulate", "a100-llama-8b",
+                           "--simulate-time-scale", "20", "--graceful-shutdown-timeout", str(drain_secs)],
+                          tmp_path / "serve.log")
+    body = {"prompt": "hi", "max_tokens": 30, "ignore_eos": True, "stream": True}
+    try:
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
+            events = (line for line in response.iter_lines() if line.startswith("data: "))
+            first = next(events)
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(httpx.ConnectError):  # a router sends new requests elsewhere
+                httpx.get(f"{server.url}/health", timeout=2)
+            rest = list(events)
+        assert server.process.wait(30) is not None
+    finally:
+        server.stop()
+    assert rest[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in [first, *rest[:-1]]]
+    text = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices"))
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")][-1]
+    if drain_secs >= 10:
+        assert finish == "length" and "error" not in chunks[-1] and text
+    else:
+        assert any("shutting down" in json.dumps(c) for c in chunks)  # cut, with an error event
+    assert "Traceback" not in server.log()
