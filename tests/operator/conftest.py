@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import kmock
 import kopf
 import pytest
+from adapter_fakes import FakeRuntime, start_fake_runtime
+from aiohttp import web
 from operator_helpers import CLUSTER_RESOURCES, RESOURCES, RESYNC_SECONDS, VERBS, WAIT_SECONDS
 
 from fleetserve.operator.config import OperatorConfig
@@ -49,3 +51,16 @@ async def operator(api: kmock.KubernetesEmulator) -> AsyncIterator[kmock.Kuberne
     stop.set()
     await asyncio.to_thread(thread.join, WAIT_SECONDS)
     assert not thread.is_alive(), "the operator did not stop"
+
+
+@pytest.fixture()
+async def runtimes() -> AsyncIterator:
+    """Starts fake runtime pods (adapter_fakes.FakeRuntime) on 127.0.0.1: ``await runtimes(**fields)``."""
+    runners: list[web.AppRunner] = []
+
+    async def start(**kwargs) -> FakeRuntime:
+        return await start_fake_runtime(runners, FakeRuntime(**kwargs))
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

@@ -10,6 +10,7 @@ from typing import Any
 import kmock
 
 from fleetserve.operator import names
+from fleetserve.runtime import wire
 
 NAMESPACE = "ml"
 UID = "4f9a1c2e-0000-4000-8000-000000000001"
@@ -17,6 +18,7 @@ RESYNC_SECONDS = 0.5
 WAIT_SECONDS = 10.0
 ISVC_PATH = f"/apis/{names.API_VERSION}/namespaces/{NAMESPACE}/{names.PLURAL}"
 ISVC_RESOURCE = f"{names.API_VERSION}/{names.PLURAL}"
+PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 
 RESOURCES = {
     f"{names.API_VERSION}/{names.PLURAL}": ("InferenceService", {"status", "scale"}),
@@ -105,3 +107,19 @@ def was_recreated(api: kmock.KubernetesEmulator, resource: str, name: str) -> bo
     """Deleted at some point (kmock keeps a None marker in the history) and exists again now."""
     obj = api.objects[kmock.resource(resource), NAMESPACE, name]
     return any(version is None for version in obj.history) and not obj.deleted
+
+
+async def add_pod(api: kmock.KubernetesEmulator, name: str, port: int, ready: bool = True,
+                  component: str = "runtime") -> None:
+    """A pod of the InferenceService "qwen" (kmock runs no kubelet: the test writes its status) whose
+    container port ``http`` is ``port`` on 127.0.0.1."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE,
+                     "labels": {wire.LABEL_SERVICE: "qwen", wire.LABEL_COMPONENT: component}},
+        "spec": {"containers": [{"name": component, "ports": [{"name": "http", "containerPort": port}]}]},
+    }
+    await send(api, "POST", PODS, pod)
+    status = {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    await send(api, "PATCH", f"{PODS}/{name}/status", {"status": status})

@@ -15,13 +15,13 @@ import aiohttp
 import kmock
 import kopf
 import pytest
-from adapter_fakes import FakeRuntime, start_fake_runtime
-from aiohttp import web
 from operator_helpers import (
     ISVC_PATH,
     ISVC_RESOURCE,
     NAMESPACE,
+    PODS,
     VERBS,
+    add_pod,
     condition,
     inference_service,
     live,
@@ -34,7 +34,6 @@ from fleetserve.operator.kube import KubeClient, KubeError
 from fleetserve.operator.status.writer import StatusWriter
 from fleetserve.runtime import wire
 
-PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 INTERVAL = 0.5
 SPEC = {
     "model": {"source": "hf://Qwen/Qwen2.5-0.5B-Instruct", "servedName": "qwen"},
@@ -44,36 +43,6 @@ SPEC = {
     ],
 }
 SQL, CHAT = "org/sql-lora", "/mnt/adapters/loras/team/chat"
-
-
-async def add_pod(
-    api: kmock.KubernetesEmulator, name: str, port: int, ready: bool = True, component: str = "runtime"
-) -> None:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "labels": {wire.LABEL_SERVICE: "qwen", wire.LABEL_COMPONENT: component},
-        },
-        "spec": {"containers": [{"name": "runtime", "ports": [{"name": "http", "containerPort": port}]}]},
-    }
-    await send(api, "POST", PODS, pod)
-    status = {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
-    await send(api, "PATCH", f"{PODS}/{name}/status", {"status": status})
-
-
-@pytest.fixture()
-async def runtimes() -> AsyncIterator:
-    runners: list[web.AppRunner] = []
-
-    async def start(**kwargs) -> FakeRuntime:
-        return await start_fake_runtime(runners, FakeRuntime(**kwargs))
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 @pytest.fixture()

@@ -3,15 +3,11 @@ talking to fake runtime pods on 127.0.0.1 (kmock runs no controllers: the tests 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-from adapter_fakes import FakeRuntime, start_fake_runtime
-from aiohttp import web
 from operator_helpers import (
     ISVC_PATH,
     ISVC_RESOURCE,
-    NAMESPACE,
+    add_pod,
     condition,
     eventually,
     inference_service,
@@ -21,9 +17,7 @@ from operator_helpers import (
 
 from fleetserve.operator import defaults
 from fleetserve.operator.adapters import decide
-from fleetserve.runtime import wire
 
-PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 SPEC = {
     "model": {"source": "hf://Qwen/Qwen2.5-0.5B-Instruct", "servedName": "qwen"},
     "adapters": [
@@ -32,34 +26,6 @@ SPEC = {
     ],
 }
 LOADED = {"sql": "org/sql-lora", "chat": f"{defaults.ADAPTER_MOUNT_PATH}/loras/chat"}
-
-
-@pytest.fixture()
-async def runtimes() -> AsyncIterator:
-    runners: list[web.AppRunner] = []
-
-    async def start(**kwargs) -> FakeRuntime:
-        return await start_fake_runtime(runners, FakeRuntime(**kwargs))
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
-async def add_pod(api, name: str, port: int) -> None:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "labels": {wire.LABEL_SERVICE: "qwen", wire.LABEL_COMPONENT: "runtime"},
-        },
-        "spec": {"containers": [{"name": "runtime", "ports": [{"name": "http", "containerPort": port}]}]},
-    }
-    await send(api, "POST", PODS, pod)
-    status = {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
-    await send(api, "PATCH", f"{PODS}/{name}/status", {"status": status})
 
 
 def adapters_ready(api) -> tuple[str, str] | None:

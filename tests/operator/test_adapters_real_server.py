@@ -18,21 +18,29 @@ import kmock
 import kopf
 import pytest
 from openai import OpenAI
-from operator_helpers import ISVC_PATH, ISVC_RESOURCE, NAMESPACE, condition, inference_service, live, send
+from operator_helpers import (
+    ISVC_PATH,
+    ISVC_RESOURCE,
+    NAMESPACE,
+    PODS,
+    add_pod,
+    condition,
+    inference_service,
+    live,
+    send,
+)
 
 from fleetserve.operator import defaults
 from fleetserve.operator.adapters.loop import AdapterRollout
 from fleetserve.operator.handlers import isvc_ref
 from fleetserve.operator.kube import KubeClient
 from fleetserve.operator.status.writer import StatusWriter
-from fleetserve.runtime import wire
 from tests.e2e.serve_process import ServeProcess, start_server
 from tests.runtime.lora.adapters import AdapterSpec, make_adapter
 
 pytestmark = pytest.mark.timeout(300)
 
 BASE = "base"
-PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 POD = "qwen-runtime-a"
 SQL = AdapterSpec("sql", 4, 8, ("q_proj", "v_proj"), seed=7)
 
@@ -76,22 +84,6 @@ async def rollout(api: kmock.KubernetesEmulator, adapter_root, monkeypatch) -> A
     await client.close()
 
 
-async def add_pod(api: kmock.KubernetesEmulator, port: int) -> None:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": POD,
-            "namespace": NAMESPACE,
-            "labels": {wire.LABEL_SERVICE: "qwen", wire.LABEL_COMPONENT: "runtime"},
-        },
-        "spec": {"containers": [{"name": "runtime", "ports": [{"name": "http", "containerPort": port}]}]},
-    }
-    await send(api, "POST", PODS, pod)
-    status = {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
-    await send(api, "PATCH", f"{PODS}/{POD}/status", {"status": status})
-
-
 def adapters_ready(api) -> tuple[str, str, str]:
     found = condition(live(api, ISVC_RESOURCE, "qwen"), "AdaptersReady") or {}
     return found.get("status", ""), found.get("reason", ""), found.get("message", "")
@@ -111,7 +103,7 @@ async def test_the_rollout_loads_a_real_adapter_that_the_openai_client_then_uses
         "model": {"source": "pvc://models/llama", "servedName": BASE},
         "adapters": [{"name": "sql", "source": "pvc://loras/sql"}],
     }
-    await add_pod(api, server.port)
+    await add_pod(api, POD, server.port)
     await send(api, "POST", ISVC_PATH, inference_service(spec=spec))
     await rollout.step()
     assert adapters_ready(api)[:2] == ("True", "AdaptersLoaded")

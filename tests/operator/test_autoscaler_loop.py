@@ -17,6 +17,8 @@ from operator_helpers import (
     ISVC_PATH,
     ISVC_RESOURCE,
     NAMESPACE,
+    PODS,
+    add_pod,
     condition,
     eventually,
     inference_service,
@@ -29,7 +31,6 @@ from fleetserve.operator.autoscaler.loop import DELETION_COST
 from fleetserve.runtime import wire
 
 DEPLOYMENTS = "apps/v1/deployments"
-PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
 SPEC = {
     "model": {"source": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
     "runtime": {"maxRunningRequests": 4},
@@ -90,23 +91,6 @@ async def metrics_server() -> AsyncIterator:
         await runner.cleanup()
 
 
-async def add_pod(api, name: str, component: str, port: int) -> None:
-    """A ready pod of the InferenceService whose container port ``http`` is ``port`` on 127.0.0.1."""
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "labels": {wire.LABEL_SERVICE: "qwen", wire.LABEL_COMPONENT: component},
-        },
-        "spec": {"containers": [{"name": component, "ports": [{"name": "http", "containerPort": port}]}]},
-    }
-    await send(api, "POST", PODS, pod)
-    status = {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
-    await send(api, "PATCH", f"{PODS}/{name}/status", {"status": status})
-
-
 def status(api) -> dict:
     return (live(api, ISVC_RESOURCE, "qwen") or {}).get("status") or {}
 
@@ -135,9 +119,9 @@ async def test_a_queue_scales_the_deployment_up_and_a_drain_down_least_loaded_fi
     busy, busy_port = await metrics_server(runtime_text(running=4, waiting=10))
     idle, idle_port = await metrics_server(runtime_text(running=2, waiting=0))
     _, router_port = await metrics_server(router_text(held=0))
-    await add_pod(operator, "qwen-runtime-a", "runtime", busy_port)
-    await add_pod(operator, "qwen-runtime-b", "runtime", idle_port)
-    await add_pod(operator, "qwen-router-a", "router", router_port)
+    await add_pod(operator, "qwen-runtime-a", busy_port)
+    await add_pod(operator, "qwen-runtime-b", idle_port)
+    await add_pod(operator, "qwen-router-a", router_port, component="router")
     await send(operator, "POST", ISVC_PATH, inference_service(spec=SPEC))
     # 16 requests need ceil(16 / (4 + 2)) = 3 replicas.
     await eventually(lambda: status(operator).get("desiredReplicas") == 3)
@@ -159,7 +143,7 @@ async def test_a_queue_scales_the_deployment_up_and_a_drain_down_least_loaded_fi
 
 async def test_failed_scrapes_keep_the_count_and_say_so(operator, metrics_server):
     runtime, runtime_port = await metrics_server(runtime_text(running=4, waiting=8))
-    await add_pod(operator, "qwen-runtime-a", "runtime", runtime_port)
+    await add_pod(operator, "qwen-runtime-a", runtime_port)
     await send(operator, "POST", ISVC_PATH, inference_service(spec=SPEC))
     await eventually(lambda: status(operator).get("desiredReplicas") == 2)  # 12 / 6
     runtime.status = 500
@@ -176,7 +160,7 @@ async def test_held_requests_without_ready_pods_keep_the_count_and_report_no_rea
     operator, metrics_server
 ):
     _, router_port = await metrics_server(router_text(held=5))
-    await add_pod(operator, "qwen-router-a", "router", router_port)
+    await add_pod(operator, "qwen-router-a", router_port, component="router")
     await send(operator, "POST", ISVC_PATH, inference_service(spec=SPEC))
     # The create handler and the autoscaler's daemon run concurrently: either may write first.
     await eventually(lambda: runtime_replicas(operator) == 1)
@@ -192,7 +176,7 @@ async def test_held_requests_without_ready_pods_keep_the_count_and_report_no_rea
 
 async def test_autoscaling_off_says_so_and_leaves_the_count_to_replicas_count(operator, metrics_server):
     _, runtime_port = await metrics_server(runtime_text(running=4, waiting=20))
-    await add_pod(operator, "qwen-runtime-a", "runtime", runtime_port)
+    await add_pod(operator, "qwen-runtime-a", runtime_port)
     spec = {
         **SPEC,
         "autoscaling": {**SPEC["autoscaling"], "enabled": False},
@@ -212,7 +196,7 @@ async def test_autoscaling_off_says_so_and_leaves_the_count_to_replicas_count(op
 
 async def test_an_invalid_spec_stops_scaling_with_a_condition_not_a_crash(operator, metrics_server):
     _, runtime_port = await metrics_server(runtime_text(running=4, waiting=20))
-    await add_pod(operator, "qwen-runtime-a", "runtime", runtime_port)
+    await add_pod(operator, "qwen-runtime-a", runtime_port)
     spec = {**SPEC, "model": {"source": "s3://bucket/model"}}
     await send(operator, "POST", ISVC_PATH, inference_service(spec=spec))
     await eventually(lambda: scaling(operator) == ("False", "InvalidSpec"))
@@ -223,8 +207,8 @@ async def test_an_idle_service_scales_to_zero_and_held_requests_bring_it_back(op
     spec = {**SPEC, "replicas": {"min": 0, "max": 3}, "adapters": [{"name": "sql", "source": "hf://org/sql"}]}
     _, runtime_port = await metrics_server(runtime_text(running=0, waiting=0))
     router, router_port = await metrics_server(router_text(held=0))
-    await add_pod(operator, "qwen-runtime-a", "runtime", runtime_port)
-    await add_pod(operator, "qwen-router-a", "router", router_port)
+    await add_pod(operator, "qwen-runtime-a", runtime_port)
+    await add_pod(operator, "qwen-router-a", router_port, component="router")
     await send(operator, "POST", ISVC_PATH, inference_service(spec=spec))
     await eventually(lambda: runtime_replicas(operator) == 1)  # a new service starts with one replica
     # idle (nothing in flight, nothing finished since the first sample) and no down window: zero
