@@ -181,3 +181,11 @@ class KubeClient:
                 return False
             raise
         return True
+
+
+async def get_alive(client: KubeClient, ref: Ref) -> Obj | None:
+    """The object, or None once it is gone or being deleted (its deletionTimestamp is set)."""
+    live = await client.get(ref)
+    if live is None or live["metadata"].get("deletionTimestamp"):
+        return None
+    return live

@@ -43,7 +43,7 @@ from fleetserve.operator.adapters.decide import (
     summarize,
 )
 from fleetserve.operator.adapters.locate import wanted_adapters
-from fleetserve.operator.kube import KubeClient, KubeError, Obj, Ref
+from fleetserve.operator.kube import KubeClient, KubeError, Obj, Ref, get_alive
 from fleetserve.operator.pods import is_ready, pod_url
 from fleetserve.operator.spec import InferenceServiceSpec
 from fleetserve.operator.status.compute import adapters_condition, adapters_status
@@ -76,8 +76,8 @@ class AdapterRollout:
 
     async def step(self) -> float | None:
         """One round; returns the seconds until the next, None once the object is gone."""
-        live = await self.client.get(self.ref)
-        if live is None or live["metadata"].get("deletionTimestamp"):
+        live = await get_alive(self.client, self.ref)
+        if live is None:
             return None
         check = check_spec(self.ref.name, live.get("spec") or {})
         if check.spec is None:

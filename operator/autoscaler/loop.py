@@ -44,7 +44,7 @@ from fleetserve.operator.autoscaler.scrape import (
     to_sample,
 )
 from fleetserve.operator.config import OperatorConfig
-from fleetserve.operator.kube import KubeClient, KubeError, Obj, Ref
+from fleetserve.operator.kube import KubeClient, KubeError, Obj, Ref, get_alive
 from fleetserve.operator.manifests.children import desired_replicas
 from fleetserve.operator.reconcile.loop import reconcile
 from fleetserve.operator.spec import InferenceServiceSpec
@@ -108,8 +108,8 @@ class Autoscaler:
 
     async def step(self) -> float | None:
         """One round; returns the seconds until the next, None once the object is gone."""
-        live = await self.client.get(self.ref)
-        if live is None or live["metadata"].get("deletionTimestamp"):
+        live = await get_alive(self.client, self.ref)
+        if live is None:
             return None
         check = check_spec(self.ref.name, live.get("spec") or {})
         if check.spec is None:

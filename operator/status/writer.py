@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fleetserve.operator.kube import CONFLICT, KubeClient, KubeError, Obj, Ref
+from fleetserve.operator.kube import CONFLICT, KubeClient, KubeError, Obj, Ref, get_alive
 from fleetserve.operator.status.compute import status_changes
 
 MAX_ATTEMPTS = 5
@@ -37,8 +37,8 @@ class StatusWriter:
         """
         async with self._lock(ref):
             for _ in range(MAX_ATTEMPTS):
-                live = await self.client.get(ref)
-                if live is None or live["metadata"].get("deletionTimestamp"):
+                live = await get_alive(self.client, ref)
+                if live is None:
                     self._locks.pop((ref.namespace, ref.name), None)
                     return None
                 changes = status_changes(live.get("status") or {}, await compute(live))
