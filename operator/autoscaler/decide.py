@@ -128,6 +128,12 @@ def stabilize(
     return min(max(current, up), down), (*older, Recommendation(now, replicas))
 
 
+def held_need(sample: Sample, policy: Policy) -> int:
+    """Replicas the routers' held requests need, each taking the configured cap C plus T waiting (no
+    pod answered, so no pod's own cap is known)."""
+    return math.ceil(sample.held / (policy.default_max_running + policy.target_queue_depth))
+
+
 def without_pods(sample: Sample, policy: Policy, current: int, window: Sequence[Recommendation],
                  now: float, queue_depth: int) -> Decision:
     """No ready pod answered: scale only on the routers' held requests, never down."""
@@ -138,14 +144,12 @@ def without_pods(sample: Sample, policy: Policy, current: int, window: Sequence[
                             "there are unknown: keeping 0 replicas", queue_depth, window)
         if sample.held == 0:
             return Decision(0, 0, "scaled_to_zero", "scaled to zero: no request is held", queue_depth, window)
-        need = math.ceil(sample.held / (policy.default_max_running + policy.target_queue_depth))
-        replicas = clamp(max(need, 1), policy)
+        replicas = clamp(max(held_need(sample, policy), 1), policy)
         return Decision(replicas, replicas, "scale_from_zero", f"scaled to zero and the routers hold "
                         f"{sample.held:g} requests: starting {replicas} replicas", queue_depth,
                         (Recommendation(now, replicas),))
     if sample.num_ready == 0 and sample.held > 0:  # pods are on their way: more if the held need more
-        need = math.ceil(sample.held / (policy.default_max_running + policy.target_queue_depth))
-        replicas = clamp(max(current, need, 1), policy)
+        replicas = clamp(max(current, held_need(sample, policy), 1), policy)
         verb = "asking for" if replicas > current else "keeping"
         return Decision(replicas, None, "held_without_pods", f"no runtime pod is ready and the routers hold "
                         f"{sample.held:g} requests: {verb} {replicas} replicas", queue_depth, window)

@@ -71,7 +71,7 @@ class Balancer:
     on_release: Callable[[WorkerState], None] | None = None
 
     def candidates(self, adapter: str | None, exclude: Collection[str] = (), room_only: bool = False) -> list[WorkerState]:
-        ready = [w for w in self.workers.routable() if w.url not in exclude and (w.has_room or not room_only)]
+        ready = [w for w in self.workers.routable() if w.url not in exclude and (not room_only or w.has_room)]
         if adapter is not None:
             ready = [w for w in ready if adapter in w.adapters]
         return sorted(ready, key=lambda w: w.url)
